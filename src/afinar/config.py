@@ -1,0 +1,88 @@
+"""One settings object: defaults < `$AFINAR_HOME/afinar.toml` < `AFINAR_<SETTING>` env vars
+< explicit overrides (command-line flags)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from afinar.errors import ConfigError
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("AFINAR_HOME", "~/.afinar")).expanduser()
+
+
+class Settings(BaseModel):
+    """afinar's settings. Each can be set in afinar.toml, as AFINAR_<NAME>, or by a flag."""
+
+    home: Path = Field(default_factory=default_home, description="Home directory for all state.")
+    cache_dir: Path | None = Field(
+        None, description="Where converted models are cached (default $AFINAR_HOME/cache).")
+    s3_root: Path | None = Field(
+        None, description="Local bucket root for s3:// URIs (default $AFINAR_HOME/s3).")
+    s3_endpoint_url: str | None = Field(None, description="Real S3 / S3-compatible endpoint.")
+    allowed_roots: list[Path] = Field(default_factory=list,
+                                      description="Local paths that jobs may read.")
+    host: str = Field("127.0.0.1", description="Address the server binds.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the server binds.")
+    max_concurrent_jobs: int = Field(1, ge=1, description="Jobs that may run at once.")
+    database_url: str | None = Field(None, description="Job store URL (default SQLite in home).")
+    default_model: str = Field("smollm2-135m-instruct", description="Base model used by default.")
+    threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: all cores).")
+    model_aliases: dict[str, str] = Field(default_factory=dict,
+                                          description="Any identifier -> a model in the registry.")
+
+    @property
+    def models_cache(self) -> Path:
+        return (self.cache_dir or self.home / "cache") / "models"
+
+    @property
+    def custom_models_dir(self) -> Path:
+        return self.home / "custom-models"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+_LIST_FIELDS = {"allowed_roots"}
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Build settings from the config file, the environment and `overrides` (in that order)."""
+    home = Path(os.environ.get("AFINAR_HOME", "~/.afinar")).expanduser()
+    if overrides and overrides.get("home"):
+        home = Path(overrides["home"]).expanduser()
+    values: dict[str, Any] = {"home": home}
+    cfg = home / "afinar.toml"
+    if cfg.exists():
+        try:
+            data = tomllib.loads(cfg.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{cfg}: invalid TOML: {e}",
+                              hint="fix the syntax or remove the file") from e
+        unknown = set(data) - set(Settings.model_fields)
+        if unknown:
+            raise ConfigError(f"{cfg}: unknown setting(s) {sorted(unknown)}",
+                              hint=f"known settings: {sorted(Settings.model_fields)}")
+        values.update(data)
+    for name in Settings.model_fields:
+        env = os.environ.get(f"AFINAR_{name.upper()}")
+        if env is None or name in ("home", "model_aliases"):
+            continue
+        values[name] = [p for p in env.split(os.pathsep) if p] if name in _LIST_FIELDS else env
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = v
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"setting '{field}': {err['msg']} (got {err.get('input')!r})",
+                          hint=f"set it in {cfg} or AFINAR_{field.upper()}") from e

@@ -1,0 +1,1 @@
+"""Data: readers, schema detection and normalisation, checks, splitting."""

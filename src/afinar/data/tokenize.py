@@ -1,0 +1,70 @@
+"""Turn normalised examples into token ids with a loss mask, using the model's own chat
+template. Loss is computed only on assistant tokens (labels are -100 elsewhere)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from afinar.data.schema import Example
+
+IGNORE_INDEX = -100
+
+# Used only when a tokenizer has no chat template of its own (e.g. a base model); it is saved
+# with the trained model so inference uses the same format.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHATML_TEMPLATE
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+    line: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_example(tokenizer, ex: Example, max_length: int) -> Encoded:
+    if ex.messages is None:
+        return encode_text(tokenizer, ex.text or "", max_length, ex.line)
+    full = tokenizer.apply_chat_template(ex.messages, tokenize=False)
+    # character spans of each assistant turn: from the end of the generation prompt that
+    # precedes it to the end of the rendering that includes it
+    spans = []
+    for i, m in enumerate(ex.messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(render_prompt(tokenizer, ex.messages[:i]))
+        end = len(tokenizer.apply_chat_template(ex.messages[: i + 1], tokenize=False))
+        spans.append((start, end))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    labels = [IGNORE_INDEX] * len(ids)
+    for t, (s, _e) in enumerate(enc["offset_mapping"]):
+        if any(a <= s < b for a, b in spans):
+            labels[t] = ids[t]
+    truncated = len(ids) > max_length
+    return Encoded(ids[:max_length], labels[:max_length], truncated, ex.line)
+
+
+def encode_text(tokenizer, text: str, max_length: int, line: int = 0) -> Encoded:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    truncated = len(ids) > max_length
+    ids = ids[:max_length]
+    return Encoded(ids, list(ids), truncated, line)

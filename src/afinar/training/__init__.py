@@ -1,0 +1,1 @@
+"""Training: one trainer, recipes per customization type, checkpoints, metrics."""

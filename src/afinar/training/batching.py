@@ -1,0 +1,53 @@
+"""Deterministic batch order and collation.
+
+Length-grouped batches: shuffle, cut into mega-batches of 50 batches, sort each by length, cut
+into batches, shuffle the batches. Padding stays small and the order depends only on (seed,
+epoch), which is what makes resuming exact: a resumed run rebuilds the epoch's order and skips
+the batches already done.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from afinar.data.tokenize import IGNORE_INDEX, Encoded
+
+MEGABATCH = 50
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
+                  grouping: str = "length", rank: int = 0, world: int = 1) -> list[list[int]]:
+    rng = random.Random(seed * 100_003 + epoch)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    if grouping == "length":
+        batches = []
+        step = batch_size * MEGABATCH
+        for s in range(0, len(idx), step):
+            mega = sorted(idx[s:s + step], key=lambda i: -lengths[i])
+            batches += [mega[j:j + batch_size] for j in range(0, len(mega), batch_size)]
+        rng.shuffle(batches)
+    else:
+        batches = [idx[j:j + batch_size] for j in range(0, len(idx), batch_size)]
+    if world > 1:
+        n = len(batches) // world * world  # equal count per rank keeps DDP in lock-step
+        batches = batches[rank:n:world]
+    return batches
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest item. attention_mask is None when nothing was padded, which
+    lets SDPA take its causal fast path."""
+    n = max(len(x) for x in items)
+    ids = torch.full((len(items), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), n), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(items), n), dtype=torch.long)
+    for i, x in enumerate(items):
+        ids[i, : len(x)] = torch.tensor(x.input_ids)
+        labels[i, : len(x)] = torch.tensor(x.labels)
+        mask[i, : len(x)] = 1
+    padded = bool((mask == 0).any())
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask if padded else None,
+            "n_tokens": int(mask.sum())}

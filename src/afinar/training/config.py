@@ -1,0 +1,128 @@
+"""The typed description of a training run. It drives the YAML config, the CLI flags (with
+their help text) and validation; Bedrock's hyperparameter names are accepted as aliases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+from afinar.errors import ConfigError
+
+# Bedrock hyperparameter name -> our field name
+BEDROCK_ALIASES = {
+    "epochCount": "epochs",
+    "batchSize": "batch_size",
+    "learningRate": "learning_rate",
+    "learningRateWarmupSteps": "warmup_steps",
+}
+
+
+class TrainConfig(BaseModel):
+    """Hyperparameters and inputs of a fine-tuning run."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    train_data: str = Field(..., description="Training data file (JSONL, JSON, CSV or Parquet).")
+    validation_data: str | None = Field(None, description="Optional validation data file.")
+    base_model: str = Field("smollm2-135m-instruct",
+                            description="Registry id, custom model, local dir, .gguf or hub id.")
+    output_dir: str | None = Field(
+        None, description="Where to write the run (default $AFINAR_HOME/runs/<name>).")
+    name: str | None = Field(None, description="Custom model name (default: derived from data).")
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full weights.")
+    epochs: int = Field(2, ge=1, le=10, description="Passes over the training data (1-10).",
+                        validation_alias=AliasChoices("epochs", "epochCount"))
+    batch_size: int = Field(8, ge=1, le=64, description="Examples per batch (1-64).",
+                            validation_alias=AliasChoices("batch_size", "batchSize"))
+    learning_rate: float | None = Field(
+        None, gt=0, le=1, description="Peak learning rate (0-1]; default 1e-3 for LoRA, 2e-5 "
+        "for full.", validation_alias=AliasChoices("learning_rate", "learningRate"))
+    warmup_steps: int = Field(5, ge=0, le=250, description="Linear warm-up steps (0-250).",
+                              validation_alias=AliasChoices("warmup_steps",
+                                                            "learningRateWarmupSteps"))
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Decay after warm-up.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    max_length: int = Field(512, ge=8, le=32768,
+                            description="Longest sequence in tokens; longer ones are truncated.")
+    grad_accum: int = Field(1, ge=1, le=256, description="Gradient accumulation steps.")
+    lora_r: int = Field(16, ge=1, le=512, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, le=4096, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    lora_targets: str = Field("all-linear",
+                              description="Comma-separated module names, or 'all-linear'.")
+    seed: int = Field(42, ge=0, description="Seed for data order, initialisation and dropout.")
+    checkpoint_every: int = Field(50, ge=0,
+                                  description="Save a checkpoint every N optimizer steps "
+                                              "(0: only at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep.")
+    eval_every: int = Field(0, ge=0, description="Validate every N steps (0: at checkpoints and "
+                                                 "at the end).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the hardware runs it fast (AMX/AVX512-BF16 CPUs, "
+        "CUDA), else fp32. Trainable weights and optimizer state stay fp32.")
+    grouping: Literal["length", "random"] = Field(
+        "length", description="length: batch similar lengths together (little padding).")
+    merge: bool = Field(True, description="Also write a merged model (LoRA only).")
+    skip_invalid: bool = Field(False, description="Skip invalid records instead of failing.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
+
+    @property
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-3 if self.method == "lora" else 2e-5
+
+    def hyperparameters(self) -> dict[str, Any]:
+        skip = {"train_data", "validation_data", "output_dir", "name", "threads"}
+        d = {k: v for k, v in self.model_dump().items() if k not in skip}
+        d["learning_rate"] = self.lr
+        return d
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the original."""
+        keys = ("train_data", "base_model", "method", "epochs", "batch_size", "grad_accum",
+                "lora_r", "lora_alpha", "lora_targets", "seed", "max_length", "grouping",
+                "max_steps")
+        d = {k: getattr(self, k) for k in keys}
+        d["train_data"] = str(Path(self.train_data).resolve())
+        d["learning_rate"] = self.lr
+        return d
+
+
+def parse_train_config(values: dict[str, Any], source: str = "arguments") -> TrainConfig:
+    """Validate once, at the edge, with an error that names the field and its valid range."""
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "config"
+            bedrock = {v: k for k, v in BEDROCK_ALIASES.items()}.get(field)
+            name = f"{field} ({bedrock})" if bedrock else field
+            if err["type"] == "extra_forbidden":
+                msgs.append(f"unknown setting '{field}'")
+            else:
+                msgs.append(f"'{name}': {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"invalid training config in {source}: " + "; ".join(msgs),
+                          hint=f"valid settings: {', '.join(sorted(TrainConfig.model_fields))}; "
+                               f"see afinar train --help") from e
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of settings, got {type(data).__name__}")
+    hp = data.pop("hyperParameters", None) or data.pop("hyperparameters", None) or {}
+    data.update(hp)
+    return data

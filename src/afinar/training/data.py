@@ -1,0 +1,66 @@
+"""Load, validate and tokenize training/validation data before any training compute."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from afinar.data.readers import read_records
+from afinar.data.schema import SUPERVISED, UNLABELLED, normalize
+from afinar.data.tokenize import IGNORE_INDEX, Encoded, encode_example
+from afinar.errors import DataError
+
+
+@dataclass
+class PreparedData:
+    path: str
+    schema: str
+    encoded: list[Encoded]
+    n_records: int
+    skipped_invalid: int = 0
+    truncated: int = 0
+    dropped_no_target: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(e) for e in self.encoded)
+
+    def summary(self) -> dict:
+        return {"path": self.path, "schema": self.schema, "records": self.n_records,
+                "examples": len(self.encoded), "tokens": self.n_tokens,
+                "skipped_invalid": self.skipped_invalid, "truncated": self.truncated,
+                "dropped_no_target": self.dropped_no_target}
+
+
+def prepare(path: str, tokenizer, max_length: int, skip_invalid: bool = False,
+            role: str = "training") -> PreparedData:
+    read = read_records(path)
+    norm = normalize(read, expected=SUPERVISED | UNLABELLED)
+    if norm.schema is None:
+        raise DataError(f"{path}: no usable records in the {role} data", norm.issues,
+                        hint=f"run: afinar data check {path}")
+    if norm.issues and not (skip_invalid and norm.examples
+                            and not any(i.code == "wrong_schema" for i in norm.issues)):
+        raise DataError(f"{path}: {len(norm.issues)} problem(s) in the {role} data; nothing "
+                        f"was trained", norm.issues,
+                        hint=f"fix them (afinar data check {path}) or pass --skip-invalid")
+    out = PreparedData(path, norm.schema, [], len(read.records),
+                       skipped_invalid=len(norm.issues))
+    for ex in norm.examples:
+        enc = encode_example(tokenizer, ex, max_length)
+        if enc.truncated:
+            out.truncated += 1
+        if all(t == IGNORE_INDEX for t in enc.labels[1:]):
+            out.dropped_no_target += 1
+            continue
+        out.encoded.append(enc)
+    if out.truncated:
+        out.warnings.append(f"{out.truncated} {role} example(s) longer than max_length="
+                            f"{max_length} were truncated")
+    if out.dropped_no_target:
+        out.warnings.append(f"{out.dropped_no_target} {role} example(s) had no answer tokens "
+                            f"left after truncation and were dropped; raise max_length")
+    if not out.encoded:
+        raise DataError(f"{path}: no {role} examples left after tokenization",
+                        hint="raise --max-length; the prompts fill the whole window")
+    return out
