@@ -1,0 +1,49 @@
+"""Build argparse flags from a pydantic model, so the typed description (with its help text)
+is the only place a setting is defined."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+
+def _base_type(ann: Any) -> Any:
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        return _base_type(args[0])
+    return ann
+
+
+def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
+                    aliases: dict[str, str] | None = None, positional: tuple[str, ...] = ()
+                    ) -> None:
+    """One --flag per field (dest = field name); defaults are left to the model (None here),
+    so flags only override what a config file says."""
+    rev = {v: k for k, v in (aliases or {}).items()}
+    for name, f in model.model_fields.items():
+        ann = _base_type(f.annotation)
+        flags = [f"--{name.replace('_', '-')}"]
+        if name in rev:
+            flags.append(f"--{rev[name]}")
+        default = f.default if f.default is not None and not f.is_required() else None
+        help_ = (f.description or "") + (f" [default: {default}]" if default is not None else "")
+        kw: dict[str, Any] = {"dest": name, "default": None, "help": help_}
+        if ann is bool:
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if typing.get_origin(ann) is Literal:
+            kw["choices"] = list(typing.get_args(ann))
+        elif ann in (int, float):
+            kw["type"] = ann
+        kw["metavar"] = name.upper() if "choices" not in kw else None
+        parser.add_argument(*flags, **{k: v for k, v in kw.items() if v is not None or k ==
+                                       "default"})
+
+
+def collect(ns: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    return {k: getattr(ns, k) for k in model.model_fields if getattr(ns, k, None) is not None}

@@ -1,0 +1,385 @@
+"""Sub-commands. Each `add_*` registers its parser; each `cmd_*` calls the library and renders."""
+
+from __future__ import annotations
+
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from afinar.cli.args import add_model_flags, collect
+from afinar.cli.render import dump_json, err, out
+from afinar.config import Settings, load_settings
+from afinar.errors import AfinarError, ConfigError
+from afinar.progress import TqdmProgress
+
+
+def _settings(args) -> Settings:
+    return load_settings({"home": args.home})
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as tlog
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+# -- data ---------------------------------------------------------------------------------------
+def add_data(sub) -> None:
+    p = sub.add_parser("data", help="check and split data files")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    c = dsub.add_parser("check", help="report problems and statistics before any compute")
+    c.add_argument("file")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.add_argument("--max-length", type=int, default=512, help="token limit to check against")
+    c.add_argument("--model", help="tokenizer to count tokens with (default: default model)")
+    c.add_argument("--no-tokens", action="store_true", help="skip token counting")
+    c.set_defaults(func=cmd_data_check)
+    s = dsub.add_parser("split", help="deterministic train/validation/test split")
+    s.add_argument("file")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--ratios", type=float, nargs=3, default=[0.8, 0.1, 0.1],
+                   metavar=("TRAIN", "VAL", "TEST"))
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_split)
+
+
+def cmd_data_check(args) -> int:
+    from afinar.data.check import check_file, format_report
+
+    _quiet_libraries()
+    settings = _settings(args)
+    tok, note = None, None
+    if not args.no_tokens:
+        try:
+            from afinar.models.loading import load_tokenizer
+            from afinar.models.registry import resolve_model
+            res = resolve_model(args.model or settings.default_model, settings,
+                                TqdmProgress(disable=args.quiet or args.json))
+            tok = load_tokenizer(res.base if res.kind == "adapter" else res.path)
+        except AfinarError as e:
+            note = f"token counts skipped: {e.message}"
+    rep = check_file(args.file, tokenizer=tok, max_length=args.max_length)
+    if note:
+        rep.warnings.append(note)
+    if args.json:
+        dump_json(rep.to_dict())
+    else:
+        out(format_report(rep))
+    return 0 if rep.ok else 1
+
+
+def cmd_data_split(args) -> int:
+    from afinar.data.split import split_file
+
+    res = split_file(args.file, args.out, tuple(args.ratios), args.seed)
+    if args.json:
+        dump_json(res)
+    else:
+        out(f"train: {res['train']} ({res['n_train']})\nvalidation: {res['validation']} "
+            f"({res['n_validation']})\ntest: {res['test']} ({res['n_test']})\n"
+            f"stratified by label: {res['stratified']}")
+    return 0
+
+
+# -- models -------------------------------------------------------------------------------------
+def add_models(sub) -> None:
+    p = sub.add_parser("models", help="list and show base and custom models")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ls = msub.add_parser("list", help="base models in the registry and custom models")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_models_list)
+    sh = msub.add_parser("show", help="details of one model")
+    sh.add_argument("name")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=cmd_models_show)
+
+
+def cmd_models_list(args) -> int:
+    from afinar.models.registry import BUILTIN_MODELS, builtin_status, list_custom_models
+
+    settings = _settings(args)
+    base = [{"id": e.id, "name": e.name, "parameters": e.parameters, "source": e.package,
+             "status": builtin_status(e, settings)} for e in BUILTIN_MODELS.values()]
+    custom = [{"name": m["name"], "base_model": m["base_model"], "method": m["method"],
+               "created_at": m["created_at"], "path": m["model_dir"]}
+              for m in list_custom_models(settings)]
+    aliases = settings.model_aliases
+    if args.json:
+        dump_json({"base_models": base, "custom_models": custom, "aliases": aliases})
+        return 0
+    out("Base models:")
+    for b in base:
+        out(f"  {b['id']:<28} {b['name']} ({b['parameters']}, from PyPI '{b['source']}'): "
+            f"{b['status']}")
+    out("Custom models:" + ("" if custom else " none yet (afinar train / afinar demo)"))
+    for c in custom:
+        out(f"  {c['name']:<28} {c['method']} of {c['base_model']}, {c['created_at']}")
+    if aliases:
+        out("Aliases:")
+        for k, v in aliases.items():
+            out(f"  {k} -> {v}")
+    out("Any Hugging Face hub id, local model directory or .gguf file also works.")
+    return 0
+
+
+def cmd_models_show(args) -> int:
+    from afinar.models.registry import (
+        BUILTIN_MODELS,
+        builtin_status,
+        custom_model_record,
+        resolve_model,
+    )
+
+    settings = _settings(args)
+    if args.name in BUILTIN_MODELS:
+        e = BUILTIN_MODELS[args.name]
+        info = e.__dict__ | {"status": builtin_status(e, settings),
+                             "gguf": str(e.gguf_path() or "")}
+    elif (rec := custom_model_record(settings, args.name)) is not None:
+        info = rec
+    else:
+        info = resolve_model(args.name, settings).to_dict()
+    if args.json:
+        dump_json(info)
+        return 0
+    for k, v in info.items():
+        if isinstance(v, (dict, list)):
+            v = json.dumps(v, ensure_ascii=False, default=str)
+        out(f"{k:>16}: {v}")
+    return 0
+
+
+# -- train --------------------------------------------------------------------------------------
+def add_train(sub) -> None:
+    from afinar.training.config import BEDROCK_ALIASES, TrainConfig
+
+    p = sub.add_parser("train", help="fine-tune a model (LoRA or full)",
+                       description="Fine-tune a causal LM. Settings come from --config (YAML) "
+                       "then flags; Bedrock names (epochCount, batchSize, learningRate, "
+                       "learningRateWarmupSteps) are accepted too.")
+    p.add_argument("--config", help="YAML file with any of the settings below")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir "
+                   "from its latest checkpoint")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_flags(p, TrainConfig, BEDROCK_ALIASES)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from afinar.training.config import TrainConfig, load_yaml_config, parse_train_config
+    from afinar.training.trainer import train
+
+    _quiet_libraries()
+    values = load_yaml_config(args.config) if args.config else {}
+    values.update(collect(args, TrainConfig))
+    if "train_data" not in values and not any(k in values for k in ("train_data",)):
+        raise ConfigError("no training data", hint="pass --train-data FILE or set train_data "
+                          "in --config")
+    cfg = parse_train_config(values, args.config or "command-line flags")
+    settings = _settings(args)
+    bar = TqdmProgress(disable=args.quiet or args.json)
+    try:
+        res = train(cfg, settings, bar, resume=args.resume)
+    finally:
+        bar.close()
+    summary = {"name": res.name, "status": res.status, "output_dir": str(res.output_dir),
+               "model_dir": str(res.model_dir) if res.model_dir else None, "steps": res.steps,
+               "first_loss": res.first_loss, "train_loss": res.train_loss,
+               "validation": res.validation, "tokens_per_second": round(res.tokens_per_second),
+               "seconds": round(res.seconds, 1), "warnings": res.warnings}
+    if args.json:
+        dump_json(summary)
+        return 0
+    for w in res.warnings:
+        err(f"warning: {w}")
+    out(f"{res.status}: {res.name} ({res.steps}/{res.total_steps} steps, {res.seconds:.0f} s, "
+        f"{res.tokens_per_second:.0f} tokens/s)")
+    if res.first_loss is not None:
+        out(f"  training loss {res.first_loss:.4f} -> {res.train_loss:.4f}")
+    if res.validation:
+        v = res.validation
+        out(f"  validation loss {v['validation_loss']:.4f}, perplexity {v['perplexity']:.3f}, "
+            f"token accuracy {v['token_accuracy']:.3f}")
+    out(f"  output: {res.output_dir}")
+    if res.status == "stopped":
+        out(f"  resume with: afinar train --output-dir {res.output_dir} --resume ...")
+    return 0
+
+
+# -- generate / chat ----------------------------------------------------------------------------
+def _gen_flags(p) -> None:
+    p.add_argument("--model", help="model id (default: the default model)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--system", help="system prompt")
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="answer prompts with a base or custom model")
+    p.add_argument("prompt", nargs="*", help="prompts (default: one per line of stdin)")
+    _gen_flags(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_generate)
+    c = sub.add_parser("chat", help="interactive chat with a base or custom model")
+    _gen_flags(c)
+    c.set_defaults(func=cmd_chat)
+
+
+def _messages(system: str | None, turns: list[dict]) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def cmd_generate(args) -> int:
+    from afinar.inference.generate import generate, load
+
+    _quiet_libraries()
+    settings = _settings(args)
+    prompts = args.prompt or [ln.strip() for ln in sys.stdin if ln.strip()]
+    if not prompts:
+        raise ConfigError("no prompt given", hint='afinar generate --model M "your prompt"')
+    lm = load(args.model or settings.default_model, settings, TqdmProgress(disable=True))
+    msgs = [_messages(args.system, [{"role": "user", "content": p}]) for p in prompts]
+    outs = generate(lm, msgs, args.max_new_tokens, temperature=args.temperature)
+    if args.json:
+        dump_json([{"prompt": p, "output": o} for p, o in zip(prompts, outs, strict=True)])
+    else:
+        for o in outs:
+            out(o)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from afinar.inference.generate import generate, load
+
+    _quiet_libraries()
+    settings = _settings(args)
+    model = args.model or settings.default_model
+    lm = load(model, settings, TqdmProgress(disable=True))
+    out(f"chatting with {model} (Ctrl-D to quit, /reset to clear history)")
+    history: list[dict] = []
+    for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("> "), None):
+        line = line.strip()
+        if not line:
+            continue
+        if line == "/reset":
+            history = []
+            continue
+        history.append({"role": "user", "content": line})
+        reply = generate(lm, [_messages(args.system, history)], args.max_new_tokens,
+                         temperature=args.temperature)[0]
+        history.append({"role": "assistant", "content": reply})
+        out(reply)
+    return 0
+
+
+# -- eval ---------------------------------------------------------------------------------------
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate models on a dataset, side by side")
+    p.add_argument("--model", action="append", required=True,
+                   help="model to evaluate (repeat to compare several)")
+    p.add_argument("--data", required=True, help="test data with references")
+    p.add_argument("--compare-base", action="store_true",
+                   help="also evaluate each custom model's base model")
+    p.add_argument("--limit", type=int, help="only the first N examples")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--output-dir", help="write report.md and report.json here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from afinar.eval.compare import evaluate, format_table, write_report
+    from afinar.models.registry import custom_model_record
+
+    _quiet_libraries()
+    settings = _settings(args)
+    models = list(args.model)
+    if args.compare_base:
+        for m in list(models):
+            rec = custom_model_record(settings, m)
+            if rec is None and (Path(m) / "afinar_model.json").exists():
+                rec = json.loads((Path(m) / "afinar_model.json").read_text(encoding="utf-8"))
+            if rec is None:
+                raise ConfigError(f"--compare-base: '{m}' is not a custom model, so it has no "
+                                  f"recorded base", hint="pass both with --model A --model B")
+            if rec["base_model"] not in models:
+                models.insert(0, rec["base_model"])
+    bar = TqdmProgress(disable=args.quiet or args.json)
+    report = evaluate(models, args.data, settings, max_new_tokens=args.max_new_tokens,
+                      batch_size=args.batch_size, limit=args.limit, progress=bar)
+    bar.close()
+    if args.output_dir:
+        write_report(report, args.output_dir)
+    if args.json:
+        dump_json(report)
+        return 0
+    out(format_table(report))
+    if report.get("differences"):
+        out(f"\n{len(report['differences'])} example(s) where the models differ, e.g.:")
+        for i in report["differences"][:3]:
+            ex = report["examples"][i]
+            out(f"  line {ex['line']}: {ex['prompt'][:80]}")
+            for m, o in ex["outputs"].items():
+                out(f"    {m[:30]}: {o[:100]}")
+    if args.output_dir:
+        out(f"\nreport: {Path(args.output_dir) / 'report.md'}")
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------------------------
+def add_demo(sub) -> None:
+    from afinar.demo.stripe import DemoOptions
+
+    d = DemoOptions()
+    p = sub.add_parser("demo", help="end-to-end demo: fine-tune the default model to write "
+                       "Stripe API calls and compare it with the base model")
+    p.add_argument("--train-examples", type=int, default=d.train_examples)
+    p.add_argument("--test-examples", type=int, default=d.test_examples)
+    p.add_argument("--validation-examples", type=int, default=d.validation_examples)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--model", dest="base_model", help="base model (default: the default model)")
+    p.add_argument("--output-dir", help="where to write data, model and report")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from afinar.demo.stripe import DemoOptions, run_demo
+    from afinar.eval.compare import format_table
+
+    _quiet_libraries()
+    settings = _settings(args)
+    opts = DemoOptions(**{k: getattr(args, k) for k in DemoOptions.__dataclass_fields__
+                          if getattr(args, k, None) is not None})
+    bar = TqdmProgress(disable=args.quiet or args.json)
+    say = (lambda s: None) if args.json else out
+    report = run_demo(opts, settings, bar, say)
+    bar.close()
+    if args.json:
+        dump_json({k: v for k, v in report.items() if k != "examples"})
+        return 0
+    out("\nResults on held-out requests:")
+    out(format_table(report))
+    out(f"\nTotal time {report['demo']['timings_s']['total']:.0f} s. Report: "
+        f"{report['paths']['markdown']} (JSON: {report['paths']['json']})")
+    out(f"Custom model: {report['paths']['name']}  (try: afinar chat --model "
+        f"{report['paths']['name']})")
+    return 0
+
+
+REGISTRY = [add_demo, add_data, add_train, add_eval, add_generate, add_models]
+
+

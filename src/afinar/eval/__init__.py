@@ -1,0 +1,1 @@
+"""Evaluation: metrics per task type, base-vs-custom comparison, reports."""

@@ -1,0 +1,1 @@
+"""Inference: load a base or custom model once, generate with its chat template, batched."""
