@@ -349,6 +349,8 @@ def add_demo(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
     p.add_argument("--lora-r", type=int, default=d.lora_r)
+    p.add_argument("--lora-layers", type=int, default=d.lora_layers,
+                   help="LoRA on the top N layers only (0: all layers)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--model", dest="base_model", help="base model (default: the default model)")
     p.add_argument("--output-dir", help="where to write data, model and report")
@@ -364,6 +366,7 @@ def cmd_demo(args) -> int:
     settings = _settings(args)
     opts = DemoOptions(**{k: getattr(args, k) for k in DemoOptions.__dataclass_fields__
                           if getattr(args, k, None) is not None})
+    opts.lora_layers = opts.lora_layers or None
     bar = TqdmProgress(disable=args.quiet or args.json)
     say = (lambda s: None) if args.json else out
     report = run_demo(opts, settings, bar, say)

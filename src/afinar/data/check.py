@@ -98,7 +98,7 @@ def near_duplicates(exs: list[Example], threshold: float = NEAR_DUP_THRESHOLD,
     Jaccard), excluding exact duplicates."""
     from datasketch import MinHash, MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=64)
+    lsh = MinHashLSH(threshold=max(0.5, threshold - 0.1), num_perm=64)  # recall margin
     sh, seen_exact = {}, set()
     out = []
     for idx, e in enumerate(exs):

@@ -22,17 +22,35 @@ def split_indices(labels: list[str | None], ratios: tuple[float, float, float], 
     stratify = all(lab is not None for lab in labels)
     for i, lab in enumerate(labels):
         groups[lab if stratify else None].append(i)
+    keys = sorted(groups, key=str)
+    n_test = _allocate(round(len(labels) * ratios[2]), [len(groups[k]) for k in keys])
+    n_val = _allocate(round(len(labels) * ratios[1]),
+                      [len(groups[k]) - t for k, t in zip(keys, n_test, strict=True)])
     train, val, test = [], [], []
-    for key in sorted(groups, key=str):
+    for key, nt, nv in zip(keys, n_test, n_val, strict=True):
         idx = groups[key]
         rng.shuffle(idx)
-        n = len(idx)
-        n_test = round(n * ratios[2])
-        n_val = round(n * ratios[1])
-        test += idx[:n_test]
-        val += idx[n_test:n_test + n_val]
-        train += idx[n_test + n_val:]
+        test += idx[:nt]
+        val += idx[nt:nt + nv]
+        train += idx[nt + nv:]
     return sorted(train), sorted(val), sorted(test)
+
+
+def _allocate(total: int, sizes: list[int]) -> list[int]:
+    """Split `total` over groups proportionally to their sizes (largest remainder), so a
+    stratified split still has exactly the requested overall counts."""
+    n = sum(sizes)
+    if n == 0:
+        return [0] * len(sizes)
+    exact = [total * s / n for s in sizes]
+    out = [min(int(e), s) for e, s in zip(exact, sizes, strict=True)]
+    order = sorted(range(len(sizes)), key=lambda i: -(exact[i] - int(exact[i])))
+    for i in order:
+        if sum(out) >= total:
+            break
+        if out[i] < sizes[i]:
+            out[i] += 1
+    return out
 
 
 def split_file(path: str | Path, out_dir: str | Path,

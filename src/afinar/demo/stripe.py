@@ -31,13 +31,14 @@ from afinar.training.trainer import train
 
 @dataclass
 class DemoOptions:
-    train_examples: int = 400
+    train_examples: int = 256
     validation_examples: int = 20
     test_examples: int = 100
     epochs: int = 2
     batch_size: int = 8
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     lora_r: int = 16
+    lora_layers: int | None = 15  # top half of SmolLM2-135M's 30 layers: ~40% faster on CPU
     max_length: int = 256
     seed: int = 0
     base_model: str | None = None
@@ -85,7 +86,7 @@ def run_demo(opts: DemoOptions, settings: Settings, progress: ProgressCallback =
         "base_model": base, "output_dir": str(out / "model"), "name": name,
         "epochs": opts.epochs, "batch_size": opts.batch_size,
         "learning_rate": opts.learning_rate, "lora_r": opts.lora_r,
-        "lora_alpha": opts.lora_r * 2, "max_length": opts.max_length, "seed": opts.seed,
+        "lora_alpha": opts.lora_r * 2, "lora_layers": opts.lora_layers, "max_length": opts.max_length, "seed": opts.seed,
         "checkpoint_every": 0, "lora_dropout": 0.0, "warmup_steps": 5})
     t = time.time()
     result = train(cfg, settings, progress)

@@ -12,6 +12,7 @@ import random
 import string
 
 INSTRUCTION = "Convert the request into a Stripe API call (JSON)."
+SYSTEM = "You write Stripe API calls."  # short: the model's default system prompt is 3x longer
 
 CURRENCIES = [  # (code, how amounts are written in a request)
     ("usd", ["${a}", "{a} USD", "{a} dólares", "{a} dollars"]),
@@ -132,7 +133,7 @@ def generate(n: int, seed: int = 0) -> list[dict]:
         if req in seen:
             continue
         seen.add(req)
-        rows.append({"instruction": INSTRUCTION, "input": req,
+        rows.append({"system": SYSTEM, "instruction": INSTRUCTION, "input": req,
                      "output": {"api_call": call, "parameters": params}})
     rng.shuffle(rows)
     return rows

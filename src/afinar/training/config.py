@@ -54,6 +54,9 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     lora_targets: str = Field("all-linear",
                               description="Comma-separated module names, or 'all-linear'.")
+    lora_layers: int | None = Field(
+        None, ge=1, description="Apply LoRA only to the top N transformer layers (default: "
+        "all). The backward pass then stops below them: ~40% faster with half the layers.")
     seed: int = Field(42, ge=0, description="Seed for data order, initialisation and dropout.")
     checkpoint_every: int = Field(50, ge=0,
                                   description="Save a checkpoint every N optimizer steps "
@@ -86,7 +89,7 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the original."""
         keys = ("train_data", "base_model", "method", "epochs", "batch_size", "grad_accum",
-                "lora_r", "lora_alpha", "lora_targets", "seed", "max_length", "grouping",
+                "lora_r", "lora_alpha", "lora_targets", "lora_layers", "seed", "max_length", "grouping",
                 "max_steps")
         d = {k: getattr(self, k) for k in keys}
         d["train_data"] = str(Path(self.train_data).resolve())

@@ -71,16 +71,29 @@ def build_model(cfg: TrainConfig, resolved: ResolvedModel, dtype: torch.dtype, d
         from peft import LoraConfig, get_peft_model
         targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [
             t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+        extra = {}
+        if cfg.lora_layers:
+            n_layers = model.config.num_hidden_layers
+            if targets == "all-linear":  # PEFT needs explicit names with layers_to_transform
+                targets = _linear_names(model)
+            extra["layers_to_transform"] = list(range(max(0, n_layers - cfg.lora_layers),
+                                                      n_layers))
         try:
             model = get_peft_model(model, LoraConfig(
                 r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                target_modules=targets, task_type="CAUSAL_LM"))
+                target_modules=targets, task_type="CAUSAL_LM", **extra))
         except ValueError as e:
             raise TrainingError(f"cannot apply LoRA: {e}",
                                 hint="check --lora-targets against the model's module names"
                                 ) from e
     model.config.use_cache = False
     return model
+
+
+def _linear_names(model) -> list[str]:
+    out_emb = model.get_output_embeddings()
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and m is not out_emb})
 
 
 class Trainer:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the test suite. Extra arguments go to pytest.
+# AFINAR_TEST_FAST=1 skips the `slow` and `distributed` tiers.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || exit 1
+VPY="${AFINAR_VENV:-.venv}/bin/python"
+# one shared model cache for the session fixtures (the default model is converted once)
+export AFINAR_TEST_CACHE="${AFINAR_TEST_CACHE:-$PWD/.cache/test}"
+MARK=()
+if [ "${AFINAR_TEST_FAST:-0}" = "1" ]; then MARK=(-m "not slow and not distributed"); fi
+"$VPY" -m pytest "${MARK[@]}" "$@"
+rc=$?
+if [ $rc -eq 5 ]; then
+  echo "test.sh: pytest collected no tests: that is a failure" >&2
+  exit 1
+fi
+exit $rc

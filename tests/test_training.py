@@ -1,0 +1,190 @@
+"""The trainer on tiny models built in code: learning happens, resume is exact, outputs are in
+Bedrock's layout and loadable without afinar."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from conftest import COLORS, mapping_rows, write_jsonl
+
+from afinar.errors import CheckpointError, ConfigError, DataError, ModelNotFoundError, TrainingError
+from afinar.training.config import parse_train_config
+from afinar.training.trainer import Trainer, train
+
+
+def _cfg(tmp_path, model, **kw):
+    data = write_jsonl(tmp_path / "train.jsonl", mapping_rows(64))
+    base = {"train_data": str(data), "base_model": str(model), "output_dir": str(tmp_path / "run"),
+            "epochs": 2, "batch_size": 8, "learning_rate": 1e-2, "warmup_steps": 0,
+            "checkpoint_every": 0, "name": "tiny-run", "threads": 2}
+    base.update(kw)
+    return parse_train_config(base)
+
+
+def test_lora_loss_falls_only_adapters_change(tmp_path, tiny_model_dir, settings):
+    cfg = _cfg(tmp_path, tiny_model_dir, epochs=3, validation_data=str(
+        write_jsonl(tmp_path / "val.jsonl", mapping_rows(8))))
+    tr = Trainer(cfg, settings).prepare()
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    res = tr.fit()
+    after = dict(tr.model.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    assert lora and all(not torch.equal(before[n], after[n]) for n in lora if "lora_B" in n)
+    assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
+    assert res.status == "completed" and res.steps == 24
+    assert res.train_loss < res.first_loss * 0.7
+    assert res.validation["validation_loss"] < res.first_loss
+
+
+def test_full_finetune_learns_mapping_exactly(tmp_path, tiny_model_dir, settings):
+    from afinar.inference.generate import generate, load
+
+    prompts = [[{"role": "user", "content": f"color {i}"}] for i in range(4)]
+    base = generate(load(str(tiny_model_dir), settings), prompts, max_new_tokens=4)
+    assert base != COLORS  # a random model cannot answer
+    cfg = _cfg(tmp_path, tiny_model_dir, method="full", epochs=6, learning_rate=3e-3)
+    res = train(cfg, settings)
+    tuned = generate(load("tiny-run", settings), prompts, max_new_tokens=4)
+    assert tuned == COLORS, (res, tuned)
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+    ck = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    return load_file(str(ck / "trainable.safetensors"))
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_model_dir, settings):
+    kw = {"epochs": 2, "checkpoint_every": 3, "lora_dropout": 0.2, "batch_size": 6}
+    a = train(_cfg(tmp_path / "a", tiny_model_dir, **kw), settings)
+    calls = {"n": 0}
+
+    def stop_at_5():
+        calls["n"] += 1
+        return calls["n"] == 5
+
+    cfg_b = _cfg(tmp_path / "b", tiny_model_dir, **kw)
+    b1 = train(cfg_b, settings, should_stop=stop_at_5)
+    assert b1.status == "stopped" and b1.steps == 5
+    assert (tmp_path / "b" / "run" / "checkpoints" / "step-000005").exists()
+    b2 = train(cfg_b, settings, resume=True)
+    assert b2.status == "completed" and b2.steps == a.steps
+    assert b2.train_loss == pytest.approx(a.train_loss, rel=1e-5)
+    wa, wb = _weights(tmp_path / "a" / "run"), _weights(tmp_path / "b" / "run")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    rows_a = list(csv.reader(open(tmp_path / "a/run/training_artifacts/"
+                                   "step_wise_training_metrics.csv")))
+    rows_b = list(csv.reader(open(tmp_path / "b/run/training_artifacts/"
+                                   "step_wise_training_metrics.csv")))
+    assert [r[0] for r in rows_a] == [r[0] for r in rows_b]  # no duplicated steps after resume
+    for ra, rb in zip(rows_a[1:], rows_b[1:], strict=True):
+        assert float(ra[2]) == pytest.approx(float(rb[2]), rel=1e-4)
+
+
+def test_outputs_bedrock_layout_and_plain_loading(tmp_path, tiny_model_dir, settings):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    val = write_jsonl(tmp_path / "val.jsonl", mapping_rows(8))
+    res = train(_cfg(tmp_path, tiny_model_dir, validation_data=str(val), checkpoint_every=4),
+                settings)
+    out = res.output_dir
+    rows = list(csv.DictReader(open(out / "training_artifacts/step_wise_training_metrics.csv")))
+    assert list(rows[0]) == ["step_number", "epoch_number", "training_loss", "perplexity"]
+    assert [int(r["step_number"]) for r in rows] == list(range(res.steps))
+    vrows = list(csv.DictReader(open(out / "validation_artifacts/post_fine_tuning_validation/"
+                                     "validation_metrics.csv")))
+    assert list(vrows[0]) == ["step_number", "epoch_number", "validation_loss", "perplexity"]
+    assert len(vrows) == res.steps // 4 + 1  # every checkpoint and the end
+    merged = AutoModelForCausalLM.from_pretrained(str(out / "merged"))
+    tok = AutoTokenizer.from_pretrained(str(out / "merged"))
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    peft_model = PeftModel.from_pretrained(base, str(out / "adapter"))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(ids).logits, merged(ids).logits, atol=1e-4,
+                                   rtol=1e-4)
+    card = (out / "README.md").read_text()
+    assert "tiny-run" in card and "validation loss" in card
+    rec = json.loads((settings.custom_models_dir / "tiny-run.json").read_text())
+    assert rec["lineage"][-1] == "tiny-run" and rec["base_path"] == str(tiny_model_dir)
+
+
+def test_fine_tune_on_top_of_custom_model_records_lineage(tmp_path, tiny_model_dir, settings):
+    train(_cfg(tmp_path / "1", tiny_model_dir, epochs=1, name="first"), settings)
+    res = train(_cfg(tmp_path / "2", "first", epochs=1, name="second"), settings)
+    rec = json.loads((res.output_dir / "afinar_model.json").read_text())
+    assert rec["lineage"] == [str(tiny_model_dir), "first", "second"]
+
+
+@pytest.mark.parametrize("bad,exc,match", [
+    ({"epochCount": 11}, ConfigError, "epochs \\(epochCount\\)"),
+    ({"learningRate": "abc"}, ConfigError, "learning_rate \\(learningRate\\)"),
+    ({"batchSize": 0}, ConfigError, "batch_size"),
+    ({"learningRateWarmupSteps": 300}, ConfigError, "warmup_steps"),
+    ({"colour": "red"}, ConfigError, "unknown setting 'colour'"),
+    ({"method": "qlora"}, ConfigError, "method"),
+])
+def test_bad_hyperparameters(tmp_path, tiny_model_dir, bad, exc, match):
+    with pytest.raises(exc, match=match):
+        _cfg(tmp_path, tiny_model_dir, **bad)
+
+
+def test_bedrock_string_hyperparameters_accepted(tmp_path, tiny_model_dir):
+    cfg = _cfg(tmp_path, tiny_model_dir, epochCount="3", batchSize="4", learningRate="0.00001",
+               learningRateWarmupSteps="2")
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.warmup_steps) == (3, 4, 1e-5, 2)
+
+
+def test_bad_runs_fail_before_training(tmp_path, tiny_model_dir, settings):
+    with pytest.raises(ModelNotFoundError, match="smollm2-135m-instruct"):
+        train(_cfg(tmp_path, "no-such-model"), settings)
+    cls = write_jsonl(tmp_path / "cls.jsonl", [{"text": "t", "label": "a"}] * 4)
+    with pytest.raises(DataError, match="classification"):
+        train(_cfg(tmp_path, tiny_model_dir, train_data=str(cls)), settings)
+    bad = write_jsonl(tmp_path / "bad.jsonl", mapping_rows(8) + [{"prompt": "x"}])
+    with pytest.raises(DataError, match="line 9"):
+        train(_cfg(tmp_path, tiny_model_dir, train_data=str(bad)), settings)
+    assert not (tmp_path / "run").exists()  # nothing was started
+    res = train(_cfg(tmp_path, tiny_model_dir, train_data=str(bad), skip_invalid=True,
+                     epochs=1), settings)
+    assert res.status == "completed"
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(_cfg(tmp_path, tiny_model_dir), settings)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(_cfg(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "empty")), settings,
+              resume=True)
+    with pytest.raises(CheckpointError, match="other settings"):
+        train(_cfg(tmp_path, tiny_model_dir, train_data=str(bad), skip_invalid=True, epochs=2),
+              settings, resume=True)
+    with pytest.raises(DataError, match="max-length"):
+        train(_cfg(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "x"), max_length=8),
+              settings)
+
+
+def test_loss_mask_covers_only_the_answer(tokenizer):
+    from afinar.data.schema import Example
+    from afinar.data.tokenize import IGNORE_INDEX, encode_example
+
+    ex = Example(1, "messages", [{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": "Hola"},
+                                 {"role": "assistant", "content": "Buenos días"},
+                                 {"role": "user", "content": "Y?"},
+                                 {"role": "assistant", "content": "Adiós"}])
+    enc = encode_example(tokenizer, ex, 512)
+    spans, cur = [], []
+    for i, lab in zip(enc.input_ids, enc.labels, strict=True):
+        if lab != IGNORE_INDEX:
+            cur.append(i)
+        elif cur:
+            spans.append(tokenizer.decode(cur))
+            cur = []
+    if cur:
+        spans.append(tokenizer.decode(cur))
+    assert [s.strip() for s in spans] == ["Buenos días<|im_end|>", "Adiós<|im_end|>"]
