@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+"${AFINAR_VENV:-.venv}/bin/afinar" models prepare
 exec "${AFINAR_VENV:-.venv}/bin/afinar" demo "$@"

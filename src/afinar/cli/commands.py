@@ -100,6 +100,10 @@ def add_models(sub) -> None:
     sh.add_argument("name")
     sh.add_argument("--json", action="store_true")
     sh.set_defaults(func=cmd_models_show)
+    pr = msub.add_parser("prepare", help="install/convert a model now (the default: the "
+                         "default model) so later commands start fast")
+    pr.add_argument("name", nargs="?")
+    pr.set_defaults(func=cmd_models_prepare)
 
 
 def cmd_models_list(args) -> int:
@@ -127,6 +131,19 @@ def cmd_models_list(args) -> int:
         for k, v in aliases.items():
             out(f"  {k} -> {v}")
     out("Any Hugging Face hub id, local model directory or .gguf file also works.")
+    return 0
+
+
+def cmd_models_prepare(args) -> int:
+    from afinar.models.registry import resolve_model
+
+    _quiet_libraries()
+    settings = _settings(args)
+    name = args.name or settings.default_model
+    bar = TqdmProgress(disable=args.quiet)
+    res = resolve_model(name, settings, bar)
+    bar.close()
+    out(f"{name}: ready at {res.path}")
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import string
 
-INSTRUCTION = "Convert the request into a Stripe API call (JSON)."
+INSTRUCTION = "Stripe API call as JSON:"
 SYSTEM = "You write Stripe API calls."  # short: the model's default system prompt is 3x longer
 
 CURRENCIES = [  # (code, how amounts are written in a request)
