@@ -73,9 +73,11 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+THINGS = ["apple", "grass", "sky", "coal"]
 COLORS = ["red", "green", "blue", "black"]
 
 
 def mapping_rows(n: int = 64) -> list[dict]:
     """A small prompt -> completion mapping a tiny model can learn exactly."""
-    return [{"prompt": f"color {i % 4}", "completion": COLORS[i % 4]} for i in range(n)]
+    return [{"prompt": f"Colour of {THINGS[i % 4]}?", "completion": COLORS[i % 4]}
+            for i in range(n)]

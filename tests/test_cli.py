@@ -7,9 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, mapping_rows, write_jsonl
 
 from afinar.cli.main import main
+
+from conftest import REPO, mapping_rows, write_jsonl
 
 
 def run(capsys, *argv):
@@ -49,8 +50,8 @@ def test_data_split_and_train_and_eval(tmp_path, capsys, tiny_model_dir):
     assert rc == 0 and [m["id"] for m in rep["models"]] == [str(tiny_model_dir), "cli-run"]
     assert (tmp_path / "rep" / "report.md").exists()
     rc, out, _ = run(capsys, "generate", "--model", "cli-run", "--max-new-tokens", "3",
-                     "color 1", "--json")
-    assert rc == 0 and json.loads(out)[0]["prompt"] == "color 1"
+                     "Colour of sky?", "--json")
+    assert rc == 0 and json.loads(out)[0]["prompt"] == "Colour of sky?"
 
 
 @pytest.mark.parametrize("argv,msg", [

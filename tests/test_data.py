@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write_jsonl
 
 from afinar.data.check import check_file, format_report
 from afinar.data.readers import read_records
 from afinar.data.schema import normalize, serialize_value
 from afinar.data.split import split_file
 from afinar.errors import DataError
+
+from conftest import write_jsonl
 
 
 def _norm(path):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import mapping_rows, write_jsonl
 
 from afinar.eval.compare import evaluate, write_report
 from afinar.eval.metrics import exact_match, field_accuracy, rouge_l, score_pairs
+
+from conftest import mapping_rows, write_jsonl
 
 REF = '{"api_call": "stripe.subscriptions.create", "parameters": {"amount": 9900, "customer": "cus_1"}}'
 
@@ -37,9 +38,9 @@ def test_evaluate_two_models_reports_differences(tmp_path, settings, tiny_model_
     from afinar.training.config import parse_train_config
     from afinar.training.trainer import train
 
-    data = write_jsonl(tmp_path / "t.jsonl", mapping_rows(64))
+    data = write_jsonl(tmp_path / "t.jsonl", mapping_rows(160))
     train(parse_train_config({"train_data": str(data), "base_model": str(tiny_model_dir),
-                              "method": "full", "epochs": 6, "learning_rate": 3e-3,
+                              "method": "full", "epochs": 8, "learning_rate": 1e-2,
                               "name": "colors", "output_dir": str(tmp_path / "run"),
                               "checkpoint_every": 0}), settings)
     test = write_jsonl(tmp_path / "test.jsonl", mapping_rows(8))

@@ -6,9 +6,9 @@ import os
 import re
 import shlex
 
-from conftest import REPO
-
 from afinar.cli.main import build_parser
+
+from conftest import REPO
 
 
 def test_readme_starts_with_the_two_commands():

@@ -31,7 +31,8 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
         if name in rev:
             flags.append(f"--{rev[name]}")
         default = f.default if f.default is not None and not f.is_required() else None
-        help_ = (f.description or "") + (f" [default: {default}]" if default is not None else "")
+        help_ = ((f.description or "") + (f" [default: {default}]" if default is not None
+                                          else "")).replace("%", "%%")
         kw: dict[str, Any] = {"dest": name, "default": None, "help": help_}
         if ann is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)

@@ -31,14 +31,15 @@ from afinar.training.trainer import train
 
 @dataclass
 class DemoOptions:
-    train_examples: int = 256
+    train_examples: int = 320
     validation_examples: int = 20
     test_examples: int = 100
     epochs: int = 2
     batch_size: int = 8
     learning_rate: float = 2e-3
     lora_r: int = 16
-    lora_layers: int | None = 15  # top half of SmolLM2-135M's 30 layers: ~40% faster on CPU
+    lora_layers: int | None = 20  # top 2/3 of SmolLM2-135M's 30 layers: the backward pass
+    # stops below them (~25% faster on CPU) at no measured loss of accuracy here
     max_length: int = 256
     seed: int = 0
     base_model: str | None = None
@@ -146,7 +147,7 @@ def _training_md(demo: dict, curve: list[dict]) -> str:
     md = ["## Training", "",
           f"- {tr['steps']} steps; training loss {tr['first_loss']:.3f} -> "
           f"{tr['final_loss']:.3f}; {tr['tokens_per_second']:.0f} tokens/s",
-          f"- time: " + ", ".join(f"{k} {v} s" for k, v in demo["timings_s"].items())]
+          "- time: " + ", ".join(f"{k} {v} s" for k, v in demo["timings_s"].items())]
     if tr.get("validation"):
         v = tr["validation"]
         md.append(f"- validation loss {v['validation_loss']:.4f}, token accuracy "

@@ -56,8 +56,9 @@ def _subscription(rng):
         f"Create a {en} subscription of {amt} for customer {cus}",
         f"Subscribe customer {cus} to a {en} plan at {amt}",
     ])
-    return req, "stripe.subscriptions.create", {"customer": cus, "amount": cents,
-                                                "currency": cur, "interval": interval}
+    # Stripe's shape: a subscription item with inline price data
+    return req, "stripe.subscriptions.create", {"customer": cus, "items": [{"price_data": {
+        "currency": cur, "unit_amount": cents, "recurring": {"interval": interval}}}]}
 
 
 def _customer(rng):

@@ -99,6 +99,14 @@ class TrainConfig(BaseModel):
 
 def parse_train_config(values: dict[str, Any], source: str = "arguments") -> TrainConfig:
     """Validate once, at the edge, with an error that names the field and its valid range."""
+    values = dict(values)
+    for alias, field in BEDROCK_ALIASES.items():
+        if alias in values and field in values and values[alias] != values[field]:
+            raise ConfigError(f"both '{alias}' and '{field}' are set in {source}, to "
+                              f"{values[alias]!r} and {values[field]!r}",
+                              hint="they are the same setting: keep one")
+        if alias in values:
+            values[field] = values.pop(alias)
     try:
         return TrainConfig.model_validate(values)
     except ValidationError as e:

@@ -105,7 +105,7 @@ class Trainer:
         self.cfg, self.settings, self.progress = cfg, settings, progress
         self.should_stop = should_stop or (lambda: False)
         self.accel = Accelerator(cpu=not torch.cuda.is_available())
-        self.device = choose_device()
+        self.device = choose_device()  # device type, for dtype choice and autocast
         self.dtype, note = choose_dtype(cfg.precision, self.device)
         self.warnings = [note] if note else []
         set_threads(cfg.threads or settings.threads)
@@ -143,7 +143,8 @@ class Trainer:
                                  cfg.skip_invalid, role="validation")
         self.warnings += self.train.warnings + (self.valid.warnings if self.valid else [])
         _set_seed(cfg.seed)
-        self.model = build_model(cfg, self.resolved, self.dtype, self.device)
+        # each process places its model on its own device (cuda:<local rank> under torchrun)
+        self.model = build_model(cfg, self.resolved, self.dtype, str(self.accel.device))
         self.loss_mod = SelectiveLMLoss(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
