@@ -22,7 +22,7 @@ def test_two_process_ddp_training(tmp_path, tiny_model_dir, _isolated_home):
            "--master_port", "29517", "-m", "afinar.cli.main", "-q", "train",
            "--train-data", str(data), "--base-model", str(tiny_model_dir), "--output-dir",
            str(out), "--name", "ddp-run", "--epochs", "3", "--batch-size", "8",
-           "--learning-rate", "0.01", "--threads", "1", "--json"]
+           "--learning-rate", "0.01", "--method", "full", "--threads", "1", "--json"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
