@@ -31,7 +31,7 @@ from afinar.training.trainer import train
 
 @dataclass
 class DemoOptions:
-    train_examples: int = 320
+    train_examples: int = 400
     validation_examples: int = 20
     test_examples: int = 100
     epochs: int = 2
