@@ -151,15 +151,21 @@ def main() -> None:
     if args.worker:
         import warnings
         warnings.filterwarnings("ignore")
+        if args.worker == "peak":
+            import torch
+            torch.set_num_threads(2)
+            print("RESULT " + json.dumps({d: matmul_peak(d) for d in ("float32", "bfloat16")}))
+            return
         res = (worker_afinar if args.worker == "afinar" else worker_trl)(args)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print("RESULT " + json.dumps(res), flush=True)
         return
-    import torch
-    torch.set_num_threads(2)
-    peaks = {d: matmul_peak(d) for d in ("float32", "bfloat16")}
+    # everything runs in subprocesses: torch's thread pool in this process would otherwise keep
+    # a core busy while the workers are measured
     tmp = Path(tempfile.mkdtemp())
     data = make_data(tmp, args.examples)
+    peaks = run_worker("peak", data, 0, [])
+    peaks.pop("peak_rss_mb", None)
     runs = {
         "trl_sft": run_worker("trl", data, args.steps, []),
         "trl_sft_checkpointing": run_worker("trl", data, args.steps, ["--trl-checkpointing"]),
