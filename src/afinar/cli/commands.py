@@ -196,7 +196,7 @@ def cmd_train(args) -> int:
     _quiet_libraries()
     values = load_yaml_config(args.config) if args.config else {}
     values.update(collect(args, TrainConfig))
-    if "train_data" not in values and not any(k in values for k in ("train_data",)):
+    if "train_data" not in values:
         raise ConfigError("no training data", hint="pass --train-data FILE or set train_data "
                           "in --config")
     cfg = parse_train_config(values, args.config or "command-line flags")

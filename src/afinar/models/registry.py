@@ -117,12 +117,7 @@ def resolve_model(identifier: str, settings: Settings,
 
     rec = custom_model_record(settings, identifier)
     if rec is not None:
-        out = Path(rec["model_dir"])
-        merged = out / "merged"
-        return ResolvedModel(original, "custom", str(merged if merged.exists() else out),
-                             base=rec.get("base_path"), lineage=rec.get("lineage", [identifier]),
-                             adapter_path=str(out / "adapter") if (out / "adapter").exists()
-                             else None)
+        return _from_custom_record(original, Path(rec["model_dir"]), rec)
 
     p = Path(identifier).expanduser()
     if p.exists():
@@ -135,6 +130,15 @@ def resolve_model(identifier: str, settings: Settings,
         f"unknown model '{original}'",
         hint=f"use a registry id, an alias, a custom model, a local directory, a .gguf file or a "
              f"Hugging Face hub id; available: {', '.join(available_identifiers(settings))}")
+
+
+def _from_custom_record(original: str, out: Path, rec: dict) -> ResolvedModel:
+    """A run directory written by afinar: load its merged model (or the run dir itself)."""
+    merged = out / "merged"
+    adapter = out / "adapter"
+    return ResolvedModel(original, "custom", str(merged if merged.exists() else out),
+                         base=rec.get("base_path"), lineage=rec.get("lineage", [original]),
+                         adapter_path=str(adapter) if adapter.exists() else None)
 
 
 def _looks_like_hub_id(s: str) -> bool:
@@ -151,12 +155,8 @@ def _resolve_path(original: str, p: Path, settings: Settings,
     if p.is_dir():
         meta = p / "afinar_model.json"
         if meta.exists():  # an afinar output directory
-            rec = json.loads(meta.read_text(encoding="utf-8"))
-            merged = p / "merged"
-            return ResolvedModel(original, "custom", str(merged if merged.exists() else p),
-                                 base=rec.get("base_path"), lineage=rec.get("lineage", [str(p)]),
-                                 adapter_path=str(p / "adapter") if (p / "adapter").exists()
-                                 else None)
+            return _from_custom_record(original, p,
+                                       json.loads(meta.read_text(encoding="utf-8")))
         if (p / "config.json").exists():
             return ResolvedModel(original, "local", str(p), lineage=[str(p)])
         if (p / "adapter_config.json").exists():

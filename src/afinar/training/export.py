@@ -5,7 +5,6 @@ and the custom-model record."""
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,7 +53,6 @@ def export_run(trainer, result) -> Path:
                                            encoding="utf-8")
     (out / "README.md").write_text(model_card(record), encoding="utf-8")
     register_custom_model(trainer.settings, record)
-    shutil.rmtree(out / "checkpoints" / ".tmp", ignore_errors=True)
     return model_dir
 
 

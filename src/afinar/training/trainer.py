@@ -150,6 +150,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.world, self.rank = self.accel.num_processes, self.accel.process_index
         lengths = [len(e) for e in self.train.encoded]
+        # labelled tokens per example, counted once (the loss is normalised by them each step)
+        self.label_counts = [sum(1 for t in e.labels[1:] if t != -100)
+                             for e in self.train.encoded]
         n_batches = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.grouping,
                                       self.rank, self.world))
         if n_batches == 0:
@@ -276,7 +279,7 @@ class Trainer:
 
     def _step(self, group: list[list[int]]) -> tuple[float, float, int]:
         enc = self.train.encoded
-        n_label = sum(1 for bi in group for i in bi for t in enc[i].labels[1:] if t != -100)
+        n_label = sum(self.label_counts[i] for bi in group for i in bi)
         tot_loss, tot_correct, ntok = 0.0, 0, 0
         for j, bi in enumerate(group):
             batch = self._batch([enc[i] for i in bi])
