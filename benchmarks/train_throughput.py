@@ -7,7 +7,8 @@ peak RSS, and MFU against this CPU's matmul peaks measured in the same run.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--examples 160]
 
-Also compares afinar's length-grouped batches with randomly ordered padded batches.
+Also compares afinar's three batchings: length-grouped, packed (one row per batch, per-example
+attention) and randomly ordered padded batches. `--only afinar,afinar_packed` runs a subset.
 """
 
 from __future__ import annotations
@@ -26,14 +27,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 4) -> float:
+    """Square-matmul FLOP/s. Where a dtype is emulated (bf16 without AMX/AVX512-BF16 runs at
+    ~0.1 GFLOP/s) a 512 probe decides, so the measurement does not take many minutes."""
     import torch
     dt = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
+
+    def rate(m: int, r: int) -> float:
+        a, b = torch.randn(m, m, dtype=dt), torch.randn(m, m, dtype=dt)
         a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(r):
+            a @ b
+        return 2 * m**3 * r / (time.perf_counter() - t)
+
+    probe = rate(512, 2)
+    return probe if probe < 5e9 else rate(n, reps)
 
 
 def make_data(tmp: Path, n: int) -> Path:
@@ -70,7 +78,8 @@ def worker_afinar(args) -> dict:
     from afinar.training.batching import epoch_batches
     batches = epoch_batches(lengths, 8, cfg.seed, 0, cfg.grouping)
     toks = [sum(lengths[i] for i in b) for b in batches[: len(log)]]
-    padded = [len(b) * max(lengths[i] for i in b) for b in batches[: len(log)]]
+    padded = toks if cfg.grouping == "packed" else [
+        len(b) * max(lengths[i] for i in b) for b in batches[: len(log)]]
     el = times[-1] - times[1]
     return {"tokens_per_s": sum(toks[1:]) / el, "padded_tokens_per_s": sum(padded[1:]) / el,
             "precision": str(tr.dtype), "steps": len(log) - 1,
@@ -144,6 +153,7 @@ def main() -> None:
     ap.add_argument("--worker")
     ap.add_argument("--data")
     ap.add_argument("--grouping", default="length")
+    ap.add_argument("--only", default="", help="comma-separated subset of the runs")
     ap.add_argument("--lora-layers", type=int, default=None)
     ap.add_argument("--trl-checkpointing", action="store_true",
                     help="TRL's default (activation checkpointing: less memory, slower)")
@@ -166,22 +176,27 @@ def main() -> None:
     data = make_data(tmp, args.examples)
     peaks = run_worker("peak", data, 0, [])
     peaks.pop("peak_rss_mb", None)
-    runs = {
-        "trl_sft": run_worker("trl", data, args.steps, []),
-        "trl_sft_checkpointing": run_worker("trl", data, args.steps, ["--trl-checkpointing"]),
-        "afinar": run_worker("afinar", data, args.steps, []),
-        "afinar_random_batches": run_worker("afinar", data, args.steps,
-                                            ["--grouping", "random"]),
-        "afinar_top15_layers": run_worker("afinar", data, args.steps,
-                                          ["--lora-layers", "15"]),
+    plan = {
+        "trl_sft": ("trl", []),
+        "trl_sft_checkpointing": ("trl", ["--trl-checkpointing"]),
+        "afinar": ("afinar", []),
+        "afinar_packed": ("afinar", ["--grouping", "packed"]),
+        "afinar_random_batches": ("afinar", ["--grouping", "random"]),
+        "afinar_top15_layers": ("afinar", ["--lora-layers", "15"]),
     }
-    n = runs["afinar"]["n_params"]
+    only = [k for k in args.only.split(",") if k]
+    if unknown := set(only) - set(plan):
+        ap.error(f"unknown runs {sorted(unknown)}; choose from {sorted(plan)}")
+    runs = {k: run_worker(e, data, args.steps, x) for k, (e, x) in plan.items()
+            if not only or k in only}
+    n = next(r["n_params"] for k, r in runs.items() if k.startswith("afinar"))
     best_peak = max(peaks.values())
     print(f"matmul peak (2048^2, 2 threads): fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s, "
           f"bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s")
     print(f"{'engine':<24}{'precision':>12}{'tokens/s':>10}{'vs TRL':>8}{'peak RSS MB':>13}"
           f"{'MFU(4N)':>9}")
-    base = runs["trl_sft"]["tokens_per_s"]  # TRL at its fastest here: no checkpointing
+    # TRL at its fastest here: no checkpointing (or the first run when TRL was left out)
+    base = runs.get("trl_sft", next(iter(runs.values())))["tokens_per_s"]
     for k, r in runs.items():
         mfu = 4 * n * r["tokens_per_s"] / best_peak
         print(f"{k:<24}{r['precision'].replace('torch.', ''):>12}{r['tokens_per_s']:>10.1f}"
@@ -190,11 +205,14 @@ def main() -> None:
           "weight gradients; N = non-embedding parameters; over the best matmul peak measured "
           "above (bf16 if it is faster here, else fp32). The top-15-layers run does less "
           "backward work per token, so its MFU is overstated by this convention.")
-    g, rnd = runs["afinar"], runs["afinar_random_batches"]
-    print(f"length-grouped vs random batches: {g['tokens_per_s'] / rnd['tokens_per_s']:.2f}x "
-          f"real tokens/s (padding share: grouped "
-          f"{1 - g['tokens_per_s'] / g['padded_tokens_per_s']:.1%}, random "
-          f"{1 - rnd['tokens_per_s'] / rnd['padded_tokens_per_s']:.1%})")
+    rnd = runs.get("afinar_random_batches")
+    for k, label in (("afinar", "length-grouped"), ("afinar_packed", "packed")):
+        if rnd and k in runs:
+            g = runs[k]
+            print(f"{label} vs random batches: {g['tokens_per_s'] / rnd['tokens_per_s']:.2f}x "
+                  f"real tokens/s (padding share: {label} "
+                  f"{1 - g['tokens_per_s'] / g['padded_tokens_per_s']:.1%}, random "
+                  f"{1 - rnd['tokens_per_s'] / rnd['padded_tokens_per_s']:.1%})")
 
 
 if __name__ == "__main__":

@@ -192,3 +192,27 @@ def test_loss_mask_covers_only_the_answer(tokenizer):
     if cur:
         spans.append(tokenizer.decode(cur))
     assert [s.strip() for s in spans] == ["Buenos días<|im_end|>", "Adiós<|im_end|>"]
+
+
+def test_packed_batch_equals_padded_batch(tmp_path, tiny_model_dir, settings):
+    """Packing must keep examples apart: the same batch packed in one row or padded gives the
+    same loss, count and accuracy; a packed run learns as well."""
+    from afinar.training.batching import collate, collate_packed
+
+    rows = [{"prompt": r["prompt"] + " please" * (i % 5), "completion": r["completion"]}
+            for i, r in enumerate(mapping_rows(64))]
+    data = write_jsonl(tmp_path / "varied.jsonl", rows)
+    tr = Trainer(_cfg(tmp_path, tiny_model_dir, grouping="packed", train_data=str(data)),
+                 settings).prepare()
+    items = tr.train.encoded[:6]
+    padded = collate(items, tr.tokenizer.pad_token_id)
+    packed = collate_packed(items)
+    assert padded["attention_mask"] is not None  # lengths differ: the padded batch needs a mask
+    assert packed["input_ids"].shape == (1, sum(len(x) for x in items))
+    with torch.no_grad():
+        a = tr.loss_mod(padded["input_ids"], padded["labels"], padded["attention_mask"])
+        b = tr.loss_mod(packed["input_ids"], packed["labels"], None, packed["position_ids"])
+    assert int(a[1]) == int(b[1]) and int(a[2]) == int(b[2])
+    assert float(a[0]) == pytest.approx(float(b[0]), rel=1e-4)
+    res = tr.fit()
+    assert res.train_loss < res.first_loss - 0.3

@@ -32,6 +32,14 @@ class Settings(BaseModel):
     port: int = Field(8080, ge=1, le=65535, description="Port the server binds.")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs that may run at once.")
     database_url: str | None = Field(None, description="Job store URL (default SQLite in home).")
+    region: str = Field("us-east-1", description="Region written into ARNs.")
+    account_id: str = Field("000000000000", pattern=r"^[0-9]{12}$",
+                            description="12-digit account id written into ARNs.")
+    access_keys: dict[str, str] = Field(
+        default_factory=dict, description="Access key id -> secret key; boto3 requests signed "
+        "with one of them (SigV4) are accepted when the server is not on loopback.")
+    api_keys: list[str] = Field(default_factory=list,
+                                description="Bearer API keys accepted when not on loopback.")
     default_model: str = Field("smollm2-135m-instruct", description="Base model used by default.")
     threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: all cores).")
     model_aliases: dict[str, str] = Field(default_factory=dict,
@@ -49,8 +57,20 @@ class Settings(BaseModel):
     def runs_dir(self) -> Path:
         return self.home / "runs"
 
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
 
-_LIST_FIELDS = {"allowed_roots"}
+    @property
+    def bucket_root(self) -> Path:
+        return self.s3_root or self.home / "s3"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'afinar.db'}"
+
+
+_LIST_FIELDS = {"allowed_roots", "api_keys"}
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
@@ -73,7 +93,7 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
         values.update(data)
     for name in Settings.model_fields:
         env = os.environ.get(f"AFINAR_{name.upper()}")
-        if env is None or name in ("home", "model_aliases"):
+        if env is None or name in ("home", "model_aliases", "access_keys"):
             continue
         values[name] = [p for p in env.split(os.pathsep) if p] if name in _LIST_FIELDS else env
     for k, v in (overrides or {}).items():

@@ -1,9 +1,14 @@
 """Deterministic batch order and collation.
 
-Length-grouped batches: shuffle, cut into mega-batches of 50 batches, sort each by length, cut
+Three ways to batch, all with no compute on padding or little of it:
+- "length": shuffle, cut into mega-batches of 50 batches, sort each by length, cut
 into batches, shuffle the batches. Padding stays small and the order depends only on (seed,
 epoch), which is what makes resuming exact: a resumed run rebuilds the epoch's order and skips
 the batches already done.
+- "packed": shuffled batches whose examples are concatenated into one row (no padding at all),
+  with position ids restarting at each example; transformers turns the restarts into a
+  block-diagonal attention mask, so examples never attend to each other.
+- "random": shuffled batches padded to their longest example (the baseline).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
     rng = random.Random(seed * 100_003 + epoch)
     idx = list(range(len(lengths)))
     rng.shuffle(idx)
-    if grouping == "length":
+    if grouping == "length":  # "packed" and "random" keep the shuffled membership
         batches = []
         step = batch_size * MEGABATCH
         for s in range(0, len(idx), step):
@@ -51,3 +56,15 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     padded = bool((mask == 0).any())
     return {"input_ids": ids, "labels": labels, "attention_mask": mask if padded else None,
             "n_tokens": int(mask.sum())}
+
+
+def collate_packed(items: list[Encoded]) -> dict[str, torch.Tensor]:
+    """One row holding every item back to back; position ids restart per item. The first label
+    of each item is masked so no item learns to predict the next one's first token."""
+    ids, labels, pos = [], [], []
+    for x in items:
+        ids += x.input_ids
+        labels += [IGNORE_INDEX] + list(x.labels[1:])
+        pos += range(len(x))
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([pos]), "attention_mask": None, "n_tokens": len(ids)}

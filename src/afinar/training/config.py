@@ -68,8 +68,10 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 where the hardware runs it fast (AMX/AVX512-BF16 CPUs, "
         "CUDA), else fp32. Trainable weights and optimizer state stay fp32.")
-    grouping: Literal["length", "random"] = Field(
-        "length", description="length: batch similar lengths together (little padding).")
+    grouping: Literal["length", "packed", "random"] = Field(
+        "length", description="length: batch similar lengths together (little padding); packed: "
+        "concatenate each batch into one row, attention kept per example (no padding); "
+        "random: plain shuffled batches.")
     merge: bool = Field(True, description="Also write a merged model (LoRA only).")
     skip_invalid: bool = Field(False, description="Skip invalid records instead of failing.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch.")

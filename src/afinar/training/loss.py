@@ -33,16 +33,19 @@ class SelectiveLMLoss(nn.Module):
                           and hasattr(lm, "get_decoder"))
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
-                attention_mask: torch.Tensor | None = None):
+                attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None):
         lm = _causal_lm(self.model)
         y = labels[:, 1:]
         sel = y != IGNORE_INDEX
         if self.selective:
             hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                      position_ids=position_ids,
                                       use_cache=False).last_hidden_state  # (B, T, H)
             logits = lm.get_output_embeddings()(hidden[:, :-1][sel])  # (N, V)
         else:
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids, use_cache=False)
             logits = out.logits[:, :-1][sel]
         target = y[sel]
         loss_sum = F.cross_entropy(logits.float(), target, reduction="sum")

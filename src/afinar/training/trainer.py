@@ -26,7 +26,7 @@ from afinar.models.loading import load_causal_lm, load_tokenizer
 from afinar.models.registry import ResolvedModel, resolve_model
 from afinar.progress import ProgressCallback, ProgressEvent, null_progress
 from afinar.training import checkpoint as ckpt
-from afinar.training.batching import collate, epoch_batches
+from afinar.training.batching import collate, collate_packed, epoch_batches
 from afinar.training.config import TrainConfig
 from afinar.training.data import PreparedData, prepare
 from afinar.training.loss import SelectiveLMLoss
@@ -175,8 +175,8 @@ class Trainer:
             return torch.autocast(self.device, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _batch(self, items) -> dict:
-        b = collate(items, self.tokenizer.pad_token_id)
+    def _batch(self, items, packed: bool = False) -> dict:
+        b = collate_packed(items) if packed else collate(items, self.tokenizer.pad_token_id)
         dev = self.accel.device
         return {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
 
@@ -194,7 +194,7 @@ class Trainer:
             b = self._batch([enc[i] for i in mine[s:s + self.cfg.batch_size]])
             with self._autocast():
                 loss_sum, n, correct = self.loss_mod(b["input_ids"], b["labels"],
-                                                     b["attention_mask"])
+                                                     b["attention_mask"], b.get("position_ids"))
             tot += torch.stack([loss_sum.double(), n.double(), correct.double()])
         tot = self.accel.reduce(tot, reduction="sum")
         self.model.train()
@@ -282,13 +282,14 @@ class Trainer:
         n_label = sum(self.label_counts[i] for bi in group for i in bi)
         tot_loss, tot_correct, ntok = 0.0, 0, 0
         for j, bi in enumerate(group):
-            batch = self._batch([enc[i] for i in bi])
+            batch = self._batch([enc[i] for i in bi], packed=self.cfg.grouping == "packed")
             sync = j == len(group) - 1
             ctx = contextlib.nullcontext() if sync else self.accel.no_sync(self.loss_mod)
             with ctx:
                 with self._autocast():
                     loss_sum, n, correct = self.loss_mod(batch["input_ids"], batch["labels"],
-                                                         batch["attention_mask"])
+                                                         batch["attention_mask"],
+                                                         batch.get("position_ids"))
                 self.accel.backward(loss_sum / max(n_label, 1))
             tot_loss += float(loss_sum.detach())
             tot_correct += int(correct.detach())

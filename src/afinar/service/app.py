@@ -1,0 +1,127 @@
+"""The HTTP server: Bedrock's control-plane routes (rest-json, as botocore models them) plus a few
+afinar routes (`/afinar/...`: health, job event log).
+
+Routing, request validation and response shapes come from botocore's service model (see
+awsproto.py); handlers are plain methods of JobService. No torch in this process: an idle server
+stays small and responsive while workers train.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from afinar import __version__
+from afinar.config import Settings
+from afinar.service import auth
+from afinar.service.awsproto import ApiError, Router, error_body, parse_request, serialize_output
+from afinar.service.awsproto import service_model as load_service_model
+from afinar.service.jobs import JobService, Scheduler
+
+log = logging.getLogger("afinar.server")
+
+BEDROCK_OPERATIONS = {
+    "CreateModelCustomizationJob": lambda s, p: s.create_job(p),
+    "GetModelCustomizationJob": lambda s, p: s.get_job(p["jobIdentifier"]),
+    "ListModelCustomizationJobs": lambda s, p: s.list_jobs(p),
+    "StopModelCustomizationJob": lambda s, p: s.stop_job(p["jobIdentifier"]),
+    "GetCustomModel": lambda s, p: s.get_custom_model(p["modelIdentifier"]),
+    "ListCustomModels": lambda s, p: s.list_custom_models(p),
+    "DeleteCustomModel": lambda s, p: s.delete_custom_model(p["modelIdentifier"]),
+    "ListFoundationModels": lambda s, p: s.list_foundation_models(p),
+    "GetFoundationModel": lambda s, p: s.get_foundation_model(p["modelIdentifier"]),
+}
+
+
+def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    service = JobService(settings)
+    model = load_service_model("bedrock")
+    router = Router(model, list(BEDROCK_OPERATIONS))
+    need_auth = auth.auth_required(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        if start_scheduler:
+            service.scheduler = Scheduler(service)
+            service.scheduler.start()
+        yield
+        if service.scheduler:
+            service.scheduler.shutdown()
+
+    app = FastAPI(title="afinar", version=__version__, lifespan=lifespan,
+                  docs_url="/afinar/docs", openapi_url="/afinar/openapi.json", redoc_url=None)
+    app.state.service = service
+
+    def err(e: ApiError) -> JSONResponse:
+        status, body, headers = error_body(e, model)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    async def authenticate(request: Request, body: bytes) -> None:
+        if need_auth:
+            scope = request.scope
+            raw = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+            auth.check(settings, request.method, request.headers.get("host", ""), raw,
+                       scope.get("query_string", b"").decode("latin-1"), request.headers, body)
+
+    @app.get("/afinar/health")
+    async def health():
+        sched = service.scheduler
+        return {"status": "ok", "version": __version__,
+                "running": sorted(sched.running) if sched else [],
+                "queued": sched.queued() if sched else 0}
+
+    @app.get("/afinar/jobs/{job}/events")
+    async def events(job: str, request: Request, after: int = 0):
+        try:
+            await authenticate(request, b"")
+            return await run_in_threadpool(service.job_events, job, after)
+        except ApiError as e:
+            return err(e)
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def bedrock(request: Request, path: str):
+        body = await request.body()
+        try:
+            await authenticate(request, body)
+            raw = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+            raw = raw.split("?", 1)[0]
+            hit = router.match(request.method, raw)
+            if hit is None:
+                raise ApiError("UnknownOperationException",
+                               f"no operation at {request.method} {raw}", 404)
+            op, labels = hit
+            params = parse_request(op, labels, request.url.query, request.headers, body)
+            result = await run_in_threadpool(BEDROCK_OPERATIONS[op.name], service, params)
+            status, out = serialize_output(op, result)
+            return JSONResponse(out, status_code=status)
+        except ApiError as e:
+            return err(e)
+        except Exception as e:  # never a bare 500 page: botocore still gets a modelled error
+            log.exception("internal error")
+            return err(ApiError("InternalServerException",
+                                f"internal error: {type(e).__name__}: {e}"))
+
+    @app.exception_handler(404)
+    async def not_found(_request, _exc):
+        return Response(status_code=404)
+
+    return app
+
+
+def serve(settings: Settings, log_level: str = "info") -> None:
+    import uvicorn
+
+    if auth.auth_required(settings) and not (settings.access_keys or settings.api_keys):
+        from afinar.errors import ConfigError
+        raise ConfigError(f"binding {settings.host} (not loopback) needs authentication, but "
+                          f"no access_keys or api_keys are configured",
+                          hint="add [access_keys] (access key id = secret) or api_keys to "
+                               "afinar.toml, or bind 127.0.0.1")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
+                access_log=False)

@@ -1,0 +1,634 @@
+"""Model-customization jobs: the Bedrock operations' logic, the store, and the scheduler.
+
+A job's life: created InProgress with every phase NotStarted, queued; a worker subprocess runs
+validation -> data processing -> training and writes its progress to the store; it ends
+Completed (a custom model is registered), Failed (with a failureMessage) or Stopped. The server
+process never imports torch: everything heavy happens in the worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from afinar.config import Settings
+from afinar.errors import AfinarError
+from afinar.models.registry import (
+    BUILTIN_MODELS,
+    custom_model_record,
+    list_custom_models,
+)
+from afinar.service import db
+from afinar.service.awsproto import ApiError, validation
+from afinar.service.storage import Storage, StorageError
+
+PHASES = ("validationDetails", "dataProcessingDetails", "trainingDetails")
+ACTIVE = ("InProgress", "Stopping")
+MAX_QUEUED = 1000
+MAX_ATTEMPTS = 3
+DEFAULT_PAGE = 100
+SUPPORTED_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING")
+
+
+def _slug(s: str) -> str:
+    out = "".join(c if c.isalnum() and c.isascii() else "-" for c in s.lower()).strip("-")
+    return out[:63] or "model"
+
+
+def _short_id(seed: str | None = None) -> str:
+    if seed is None:
+        return "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
+    return hashlib.sha256(seed.encode()).hexdigest()[:12]
+
+
+class Arns:
+    def __init__(self, settings: Settings):
+        self.region, self.account = settings.region, settings.account_id
+
+    def foundation(self, model_id: str) -> str:
+        return f"arn:aws:bedrock:{self.region}::foundation-model/{model_id}"
+
+    def job(self, base_model_id: str, job_id: str) -> str:
+        return (f"arn:aws:bedrock:{self.region}:{self.account}:model-customization-job/"
+                f"afinar.{_slug(base_model_id)}/{job_id}")
+
+    def custom(self, base_model_id: str, model_id: str) -> str:
+        return (f"arn:aws:bedrock:{self.region}:{self.account}:custom-model/"
+                f"afinar.{_slug(base_model_id)}/{model_id}")
+
+
+def _tail(identifier: str) -> str:
+    return identifier.rsplit("/", 1)[-1]
+
+
+class JobService:
+    """The operations behind the routes. Methods take and return the botocore shapes' dicts."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None):
+        self.settings = settings
+        self.engine = engine or db.connect(settings.db_url)
+        self.arns = Arns(settings)
+        self.storage = Storage(settings)
+        self.scheduler: Scheduler | None = None
+
+    # -- model identifiers ---------------------------------------------------------------
+    def resolve_base(self, identifier: str) -> tuple[str, str, str, str]:
+        """(what the worker trains on, base model id for ARNs, base model ARN, lineage root).
+        Accepts registry ids and ARNs, aliases, custom model names and ARNs."""
+        ident = identifier.strip()
+        if ident.startswith("arn:") and ":foundation-model/" in ident:
+            ident = _tail(ident)
+        if ident in self.settings.model_aliases:
+            target = self.settings.model_aliases[ident]
+            return target, _slug(ident), self.arns.foundation(ident), target
+        if ident in BUILTIN_MODELS:
+            return ident, ident, self.arns.foundation(ident), ident
+        rec = self._custom_record(ident)
+        if rec is not None:
+            if rec.get("model_status", "Active") != "Active":
+                raise validation(f"baseModelIdentifier: custom model '{rec['name']}' is not "
+                                 f"Active")
+            return rec["name"], _slug(rec.get("base_model_id") or rec["name"]), \
+                self._model_arn(rec), rec["name"]
+        available = sorted(BUILTIN_MODELS) + sorted(self.settings.model_aliases) + [
+            m["name"] for m in list_custom_models(self.settings)]
+        raise validation(f"baseModelIdentifier '{identifier}' is not a known model; available: "
+                         f"{', '.join(available) or 'none'}. Map other ids to a local model "
+                         f"in the [model_aliases] table of afinar.toml")
+
+    def _custom_record(self, ident: str) -> dict | None:
+        if ident.startswith("arn:"):
+            for rec in list_custom_models(self.settings):
+                if self._model_arn(rec) == ident:
+                    return rec
+            return None
+        try:
+            return custom_model_record(self.settings, ident)
+        except (OSError, ValueError):
+            return None
+
+    def _model_arn(self, rec: dict) -> str:
+        return rec.get("arn") or self.arns.custom(rec.get("base_model") or "custom",
+                                                  _short_id(rec["name"]))
+
+    # -- CreateModelCustomizationJob -----------------------------------------------------
+    def create_job(self, req: dict) -> dict:
+        token = req.get("clientRequestToken")
+        if token:
+            with self.engine.connect() as c:
+                row = c.execute(select(db.jobs).where(db.jobs.c.client_token == token)).first()
+            if row is not None:
+                same = {k: v for k, v in row.request.items()} == req
+                if not same:
+                    raise ApiError("ConflictException", f"clientRequestToken '{token}' was "
+                                   f"already used by job '{row.name}' with different parameters")
+                return {"jobArn": row.arn}
+        ctype = req.get("customizationType", "FINE_TUNING")
+        if ctype not in SUPPORTED_TYPES:
+            raise validation(f"customizationType {ctype} is not supported; use one of "
+                             f"{', '.join(SUPPORTED_TYPES)}")
+        unsupported = [k for k in ("vpcConfig", "customizationConfig", "customModelKmsKeyId")
+                       if req.get(k)]
+        if unsupported:
+            raise validation(f"{', '.join(unsupported)} not supported by afinar; remove it")
+        if req["trainingDataConfig"].get("invocationLogsConfig"):
+            raise validation("trainingDataConfig.invocationLogsConfig is not supported; "
+                             "give trainingDataConfig.s3Uri")
+        if not req["trainingDataConfig"].get("s3Uri"):
+            raise validation("missing required field 'trainingDataConfig.s3Uri'")
+        validators = (req.get("validationDataConfig") or {}).get("validators") or []
+        if len(validators) > 1:
+            raise validation("validationDataConfig.validators: afinar takes one validation "
+                             "file")
+        try:
+            self.storage.locate(req["trainingDataConfig"]["s3Uri"], "trainingDataConfig.s3Uri")
+            for i, v in enumerate(validators):
+                self.storage.locate(v["s3Uri"], f"validationDataConfig.validators[{i}].s3Uri")
+            self.storage.locate(req["outputDataConfig"]["s3Uri"], "outputDataConfig.s3Uri")
+        except StorageError as e:
+            raise validation(str(e)) from None
+        self._check_hyperparameters(req.get("hyperParameters") or {}, ctype)
+        target, base_id, base_arn, _ = self.resolve_base(req["baseModelIdentifier"])
+        name, model_name = req["jobName"], req["customModelName"]
+        if custom_model_record(self.settings, model_name) is not None:
+            raise ApiError("ConflictException", f"a custom model named '{model_name}' already "
+                           f"exists; choose another customModelName or delete it first")
+        with self.engine.connect() as c:
+            busy = c.execute(select(db.jobs.c.name).where(and_(
+                db.jobs.c.output_model_name == model_name,
+                db.jobs.c.status.in_(ACTIVE)))).first()
+        if busy:
+            raise ApiError("ConflictException", f"job '{busy.name}' is already creating custom "
+                           f"model '{model_name}'")
+        if self.scheduler and self.scheduler.queued() >= MAX_QUEUED:
+            raise ApiError("ServiceQuotaExceededException",
+                           f"{MAX_QUEUED} jobs are already queued; wait for some to finish")
+        job_id = _short_id()
+        now = db.now()
+        details = {p: {"status": "NotStarted", "creationTime": now.isoformat(),
+                       "lastModifiedTime": now.isoformat()} for p in PHASES}
+        row = dict(id=job_id, arn=self.arns.job(base_id, job_id), name=name, client_token=token,
+                   status="InProgress", customization_type=ctype, base_model=target,
+                   base_model_arn=base_arn, output_model_name=model_name, request=req,
+                   status_details=details, created_at=now, updated_at=now, attempts=0)
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(db.jobs).values(**row))
+        except IntegrityError:
+            raise ApiError("ConflictException", f"a job named '{name}' already exists; job "
+                           f"names are unique") from None
+        add_event(self.engine, job_id, f"job created: {ctype} of {target} -> {model_name}")
+        if self.scheduler:
+            self.scheduler.enqueue(job_id)
+        return {"jobArn": row["arn"]}
+
+    def _check_hyperparameters(self, hp: dict, ctype: str) -> None:
+        from afinar.training.config import parse_train_config
+
+        values = dict(hp)
+        values.update(train_data="x.jsonl", base_model="x")
+        try:
+            parse_train_config(values, source="hyperParameters")
+        except AfinarError as e:
+            raise validation(str(e).replace("\n  hint: ", ". ")) from None
+
+    # -- Get / List / Stop ---------------------------------------------------------------
+    def _job_row(self, ident: str):
+        col = db.jobs.c.arn if ident.startswith("arn:") else db.jobs.c.name
+        with self.engine.connect() as c:
+            row = c.execute(select(db.jobs).where(col == ident)).first()
+            if row is None and not ident.startswith("arn:"):
+                row = c.execute(select(db.jobs).where(db.jobs.c.id == ident)).first()
+        if row is None:
+            raise ApiError("ResourceNotFoundException",
+                           f"no model customization job '{ident}'; list them with "
+                           f"ListModelCustomizationJobs")
+        return row
+
+    def get_job(self, ident: str) -> dict:
+        r = self._job_row(ident)
+        req = r.request
+        out = {
+            "jobArn": r.arn, "jobName": r.name, "outputModelName": r.output_model_name,
+            "outputModelArn": r.output_model_arn, "clientRequestToken": r.client_token,
+            "roleArn": req["roleArn"], "status": r.status, "statusDetails": r.status_details,
+            "failureMessage": r.failure_message, "creationTime": db.as_utc(r.created_at),
+            "lastModifiedTime": db.as_utc(r.updated_at), "endTime": db.as_utc(r.end_time),
+            "baseModelArn": r.base_model_arn, "hyperParameters": req.get("hyperParameters"),
+            "trainingDataConfig": req["trainingDataConfig"],
+            "validationDataConfig": req.get("validationDataConfig") or {"validators": []},
+            "outputDataConfig": req["outputDataConfig"],
+            "customizationType": r.customization_type,
+            "trainingMetrics": r.training_metrics, "validationMetrics": r.validation_metrics,
+        }
+        return out
+
+    def list_jobs(self, p: dict) -> dict:
+        q = select(db.jobs.c.id, db.jobs.c.arn, db.jobs.c.name, db.jobs.c.status,
+                   db.jobs.c.status_details, db.jobs.c.base_model_arn, db.jobs.c.created_at,
+                   db.jobs.c.updated_at, db.jobs.c.end_time, db.jobs.c.output_model_arn,
+                   db.jobs.c.output_model_name, db.jobs.c.customization_type)
+        conds = []
+        if p.get("statusEquals"):
+            conds.append(db.jobs.c.status == p["statusEquals"])
+        if p.get("nameContains"):
+            conds.append(db.jobs.c.name.contains(p["nameContains"], autoescape=True))
+        if p.get("creationTimeAfter"):
+            conds.append(db.jobs.c.created_at > p["creationTimeAfter"])
+        if p.get("creationTimeBefore"):
+            conds.append(db.jobs.c.created_at < p["creationTimeBefore"])
+        if conds:
+            q = q.where(and_(*conds))
+        asc = p.get("sortOrder") == "Ascending"
+        order = (db.jobs.c.created_at.asc(), db.jobs.c.id.asc()) if asc else (
+            db.jobs.c.created_at.desc(), db.jobs.c.id.desc())
+        limit = p.get("maxResults") or DEFAULT_PAGE
+        offset = _decode_token(p.get("nextToken"))
+        with self.engine.connect() as c:
+            rows = c.execute(q.order_by(*order).offset(offset).limit(limit + 1)).all()
+        summaries = [{
+            "jobArn": r.arn, "baseModelArn": r.base_model_arn, "jobName": r.name,
+            "status": r.status, "statusDetails": r.status_details,
+            "lastModifiedTime": db.as_utc(r.updated_at), "creationTime": db.as_utc(r.created_at),
+            "endTime": db.as_utc(r.end_time), "customModelArn": r.output_model_arn,
+            "customModelName": r.output_model_name, "customizationType": r.customization_type,
+        } for r in rows[:limit]]
+        out = {"modelCustomizationJobSummaries": summaries}
+        if len(rows) > limit:
+            out["nextToken"] = _encode_token(offset + limit)
+        return out
+
+    def stop_job(self, ident: str) -> dict:
+        r = self._job_row(ident)
+        if r.status not in ACTIVE:
+            raise ApiError("ValidationException", f"job '{r.name}' is {r.status}; only "
+                           f"InProgress jobs can be stopped")
+        if r.status == "Stopping":
+            return {}
+        started = r.worker_pid is not None
+        if self.scheduler and not started and self.scheduler.dequeue(r.id):
+            finish(self.engine, r.id, "Stopped", note="stopped before it started")
+            return {}
+        set_fields(self.engine, r.id, status="Stopping")
+        add_event(self.engine, r.id, "stop requested")
+        return {}
+
+    def job_events(self, ident: str, after: int = 0, limit: int = 500) -> dict:
+        r = self._job_row(ident)
+        with self.engine.connect() as c:
+            rows = c.execute(select(db.events).where(and_(
+                db.events.c.job_id == r.id, db.events.c.id > after)).order_by(
+                db.events.c.id).limit(limit)).all()
+        return {"jobName": r.name, "status": r.status, "events": [
+            {"id": e.id, "time": db.as_utc(e.ts).isoformat(), "level": e.level,
+             "message": e.message} for e in rows]}
+
+    # -- custom models -------------------------------------------------------------------
+    def _custom_or_404(self, ident: str) -> dict:
+        rec = self._custom_record(ident)
+        if rec is None:
+            raise ApiError("ResourceNotFoundException",
+                           f"no custom model '{ident}'; list them with ListCustomModels")
+        return rec
+
+    def _model_summary(self, rec: dict) -> dict:
+        base = rec.get("base_model_id") or rec.get("base_model") or ""
+        return {"modelArn": self._model_arn(rec), "modelName": rec["name"],
+                "creationTime": rec.get("created_at"),
+                "baseModelArn": rec.get("base_model_arn") or self.arns.foundation(_slug(base)),
+                "baseModelName": base, "customizationType": rec.get("customization_type",
+                                                                    "FINE_TUNING"),
+                "ownerAccountId": self.settings.account_id,
+                "modelStatus": rec.get("model_status", "Active")}
+
+    def get_custom_model(self, ident: str) -> dict:
+        rec = self._custom_or_404(ident)
+        b = rec.get("bedrock") or {}
+        s = self._model_summary(rec)
+        m = rec.get("metrics") or {}
+        val = (m.get("validation") or {}).get("validation_loss")
+        return {"modelArn": s["modelArn"], "modelName": s["modelName"],
+                "jobName": b.get("jobName"), "jobArn": b.get("jobArn"),
+                "baseModelArn": s["baseModelArn"], "customizationType": s["customizationType"],
+                "hyperParameters": b.get("hyperParameters") or {
+                    k: str(v) for k, v in (rec.get("hyperparameters") or {}).items()},
+                "trainingDataConfig": b.get("trainingDataConfig"),
+                "validationDataConfig": b.get("validationDataConfig"),
+                "outputDataConfig": b.get("outputDataConfig"),
+                "trainingMetrics": {"trainingLoss": m["train_loss"]} if m.get("train_loss")
+                is not None else None,
+                "validationMetrics": [{"validationLoss": val}] if val is not None else None,
+                "creationTime": s["creationTime"], "modelStatus": s["modelStatus"]}
+
+    def list_custom_models(self, p: dict) -> dict:
+        recs = [self._model_summary(r) for r in list_custom_models(self.settings)]
+        if p.get("nameContains"):
+            recs = [r for r in recs if p["nameContains"] in r["modelName"]]
+        if p.get("baseModelArnEquals"):
+            recs = [r for r in recs if r["baseModelArn"] == p["baseModelArnEquals"]]
+        if p.get("foundationModelArnEquals"):
+            recs = [r for r in recs if r["baseModelArn"] == p["foundationModelArnEquals"]]
+        if p.get("modelStatus"):
+            recs = [r for r in recs if r["modelStatus"] == p["modelStatus"]]
+        from afinar.service.awsproto import parse_timestamp
+        if p.get("creationTimeAfter"):
+            recs = [r for r in recs if parse_timestamp(r["creationTime"]) > p["creationTimeAfter"]]
+        if p.get("creationTimeBefore"):
+            recs = [r for r in recs
+                    if parse_timestamp(r["creationTime"]) < p["creationTimeBefore"]]
+        recs.sort(key=lambda r: (r["creationTime"] or "", r["modelName"]),
+                  reverse=p.get("sortOrder") != "Ascending")
+        limit = p.get("maxResults") or DEFAULT_PAGE
+        off = _decode_token(p.get("nextToken"))
+        out = {"modelSummaries": recs[off:off + limit]}
+        if off + limit < len(recs):
+            out["nextToken"] = _encode_token(off + limit)
+        return out
+
+    def delete_custom_model(self, ident: str) -> dict:
+        rec = self._custom_or_404(ident)
+        with self.engine.connect() as c:
+            using = c.execute(select(db.jobs.c.name).where(and_(
+                db.jobs.c.base_model == rec["name"], db.jobs.c.status.in_(ACTIVE)))).first()
+        if using:
+            raise ApiError("ConflictException", f"custom model '{rec['name']}' is the base of "
+                           f"running job '{using.name}'; stop it first")
+        (self.settings.custom_models_dir / f"{rec['name']}.json").unlink(missing_ok=True)
+        return {}
+
+    # -- foundation models ---------------------------------------------------------------
+    def _foundation(self, mid: str, e) -> dict:
+        return {"modelArn": self.arns.foundation(mid), "modelId": mid, "modelName": e.name,
+                "providerName": e.provider, "inputModalities": ["TEXT"],
+                "outputModalities": ["TEXT"], "responseStreamingSupported": True,
+                "customizationsSupported": ["FINE_TUNING", "CONTINUED_PRE_TRAINING"],
+                "inferenceTypesSupported": ["ON_DEMAND"],
+                "modelLifecycle": {"status": "ACTIVE"}}
+
+    def list_foundation_models(self, p: dict) -> dict:
+        out = []
+        for mid, e in BUILTIN_MODELS.items():
+            s = self._foundation(mid, e)
+            if p.get("byProvider") and p["byProvider"].lower() != e.provider.lower():
+                continue
+            if p.get("byCustomizationType") and \
+                    p["byCustomizationType"] not in s["customizationsSupported"]:
+                continue
+            if p.get("byOutputModality") and p["byOutputModality"] not in s["outputModalities"]:
+                continue
+            if p.get("byInferenceType") and \
+                    p["byInferenceType"] not in s["inferenceTypesSupported"]:
+                continue
+            out.append(s)
+        for alias, target in sorted(self.settings.model_aliases.items()):
+            e = BUILTIN_MODELS.get(target)
+            if e and not p:
+                s = self._foundation(alias, e)
+                s["modelName"] = f"{alias} (alias of {target})"
+                out.append(s)
+        return {"modelSummaries": out}
+
+    def get_foundation_model(self, ident: str) -> dict:
+        mid = _tail(ident) if ident.startswith("arn:") else ident
+        target = self.settings.model_aliases.get(mid, mid)
+        e = BUILTIN_MODELS.get(target)
+        if e is None:
+            raise ApiError("ResourceNotFoundException",
+                           f"no foundation model '{ident}'; available: "
+                           f"{', '.join(sorted(BUILTIN_MODELS) + sorted(self.settings.model_aliases))}")
+        return {"modelDetails": self._foundation(mid, e)}
+
+
+def _encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode()
+
+
+def _decode_token(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        o = json.loads(base64.urlsafe_b64decode(token.encode()))["o"]
+        if isinstance(o, int) and o >= 0:
+            return o
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise validation("nextToken is not a token this server returned")
+
+
+# -- store helpers (used by the server and the workers) --------------------------------------
+
+def add_event(engine: Engine, job_id: str, message: str, level: str = "INFO") -> None:
+    with engine.begin() as c:
+        c.execute(insert(db.events).values(job_id=job_id, ts=db.now(), level=level,
+                                           message=message))
+
+
+def set_fields(engine: Engine, job_id: str, **fields) -> None:
+    fields["updated_at"] = db.now()
+    with engine.begin() as c:
+        c.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(**fields))
+
+
+def set_phase(engine: Engine, job_id: str, phase: str, status: str) -> None:
+    with engine.begin() as c:
+        row = c.execute(select(db.jobs.c.status_details).where(db.jobs.c.id == job_id)).first()
+        details = dict(row.status_details)
+        now = db.now().isoformat()
+        d = dict(details.get(phase) or {"creationTime": now})
+        d.update(status=status, lastModifiedTime=now)
+        details[phase] = d
+        c.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(
+            status_details=details, updated_at=db.now()))
+
+
+def job_status(engine: Engine, job_id: str) -> str | None:
+    with engine.connect() as c:
+        row = c.execute(select(db.jobs.c.status).where(db.jobs.c.id == job_id)).first()
+    return row.status if row else None
+
+
+def finish(engine: Engine, job_id: str, status: str, failure: str | None = None,
+           note: str | None = None) -> None:
+    """Final state. Phases still running take the job's end state; ones never reached stay
+    NotStarted."""
+    with engine.begin() as c:
+        row = c.execute(select(db.jobs.c.status_details).where(db.jobs.c.id == job_id)).first()
+        details = dict(row.status_details)
+        now = db.now()
+        for p in PHASES:
+            d = dict(details.get(p) or {})
+            if d.get("status") == "InProgress":
+                d.update(status=status, lastModifiedTime=now.isoformat())
+            details[p] = d
+        c.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(
+            status=status, status_details=details, failure_message=failure, end_time=now,
+            updated_at=now, worker_pid=None))
+    msg = f"job {status.lower()}" + (f": {failure}" if failure else "") + (
+        f" ({note})" if note else "")
+    add_event(engine, job_id, msg, "ERROR" if status == "Failed" else "INFO")
+
+
+# -- scheduler -------------------------------------------------------------------------------
+
+def _pdeathsig():  # runs in the child before exec: die with the server
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Scheduler:
+    """A bounded FIFO of job ids and at most `max_concurrent_jobs` worker subprocesses.
+
+    Workers die with the server (PR_SET_PDEATHSIG), so after a crash nothing runs unowned; on
+    start, jobs a crash left InProgress go back in the queue and resume from their last
+    checkpoint (up to MAX_ATTEMPTS starts), jobs left Stopping end Stopped.
+    """
+
+    def __init__(self, service: JobService):
+        self.service, self.engine = service, service.engine
+        self.settings = service.settings
+        self.queue: collections.deque[str] = collections.deque()
+        self.running: dict[str, subprocess.Popen] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="afinar-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self.recover()
+        self.thread.start()
+
+    def shutdown(self) -> None:
+        self.stopped.set()
+        self.wake.set()
+        for job_id, p in list(self.running.items()):
+            if p.poll() is None:  # let the worker checkpoint; it resumes on the next start
+                p.send_signal(signal.SIGTERM)
+        deadline = time.time() + 30
+        for p in list(self.running.values()):
+            try:
+                p.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def queued(self) -> int:
+        return len(self.queue)
+
+    def enqueue(self, job_id: str) -> None:
+        with self.lock:
+            self.queue.append(job_id)
+        self.wake.set()
+
+    def dequeue(self, job_id: str) -> bool:
+        with self.lock:
+            if job_id in self.queue:
+                self.queue.remove(job_id)
+                return True
+        return False
+
+    def recover(self) -> None:
+        with self.engine.connect() as c:
+            rows = c.execute(select(db.jobs).where(db.jobs.c.status.in_(ACTIVE)).order_by(
+                db.jobs.c.created_at)).all()
+        for r in rows:
+            if r.worker_pid and _alive(r.worker_pid, r.id):
+                continue  # should not happen (workers die with the server); leave it be
+            if r.status == "Stopping":
+                finish(self.engine, r.id, "Stopped", note="the server restarted while stopping;"
+                       " checkpoints kept")
+            elif r.attempts >= MAX_ATTEMPTS:
+                finish(self.engine, r.id, "Failed", failure=f"the job was interrupted "
+                       f"{r.attempts} times (server restarts or crashes); giving up. Its "
+                       f"checkpoints and logs are kept in {self.settings.jobs_dir / r.id}")
+            else:
+                if r.worker_pid:
+                    set_fields(self.engine, r.id, worker_pid=None)
+                    add_event(self.engine, r.id, "the server restarted while this job ran; "
+                              "it will resume from its last checkpoint", "WARN")
+                self.queue.append(r.id)
+
+    def _loop(self) -> None:
+        while not self.stopped.is_set():
+            self._reap()
+            with self.lock:
+                while self.queue and len(self.running) < self.settings.max_concurrent_jobs:
+                    self._launch(self.queue.popleft())
+            self.wake.wait(0.5)
+            self.wake.clear()
+
+    def _launch(self, job_id: str) -> None:
+        if job_status(self.engine, job_id) != "InProgress":
+            return
+        d = self.settings.jobs_dir / job_id
+        d.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, AFINAR_WORKER_SETTINGS=self.settings.model_dump_json())
+        log = open(d / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+        p = subprocess.Popen([sys.executable, "-m", "afinar.service.worker", job_id], env=env,
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             preexec_fn=_pdeathsig if sys.platform == "linux" else None)
+        log.close()
+        self.running[job_id] = p
+        with self.engine.begin() as c:
+            c.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(
+                worker_pid=p.pid, attempts=db.jobs.c.attempts + 1, updated_at=db.now()))
+        add_event(self.engine, job_id, f"worker started (pid {p.pid})")
+
+    def _reap(self) -> None:
+        if self.stopped.is_set():
+            return  # shutting down: workers checkpoint and the jobs resume on the next start
+        for job_id, p in list(self.running.items()):
+            rc = p.poll()
+            if rc is None:
+                continue
+            del self.running[job_id]
+            status = job_status(self.engine, job_id)
+            if status not in ACTIVE:
+                continue  # the worker recorded its own end
+            if rc < 0:
+                why = f"the worker process was killed by {signal.Signals(-rc).name}"
+            else:
+                why = f"the worker process exited with code {rc} without finishing"
+            log = self.settings.jobs_dir / job_id / "worker.log"
+            tail = _tail_lines(log, 5)
+            end = "Stopped" if status == "Stopping" and rc == 0 else "Failed"
+            finish(self.engine, job_id, end,
+                   failure=None if end == "Stopped" else
+                   f"{why}. Checkpoints and logs are kept in {log.parent}" +
+                   (f"; last log lines: {tail}" if tail else ""))
+
+
+def _alive(pid: int, job_id: str) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return job_id.encode() in cmd
+
+
+def _tail_lines(p: Path, n: int) -> str:
+    try:
+        lines = [x for x in p.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])[-1000:]
+
+
+def count_jobs(engine: Engine) -> int:
+    with engine.connect() as c:
+        return c.execute(select(func.count()).select_from(db.jobs)).scalar_one()

@@ -1,0 +1,226 @@
+"""One job, run in its own process: `python -m afinar.service.worker JOB_ID`.
+
+validation -> data processing -> training -> outputs, each phase recorded in the store. The job
+directory ($AFINAR_HOME/jobs/<id>) keeps the inputs, checkpoints, logs and the run; a restarted
+job resumes from its last checkpoint. SIGTERM (server shutdown) checkpoints and exits, leaving
+the job InProgress so the next server start resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from afinar.config import Settings, load_settings
+from afinar.errors import AfinarError, DataError
+from afinar.progress import ProgressEvent
+from afinar.service import db
+from afinar.service.jobs import add_event, finish, job_status, set_fields, set_phase
+from afinar.service.storage import Storage, StorageError
+
+MAX_LISTED_ERRORS = 20
+
+
+def run(job_id: str, settings: Settings) -> int:
+    engine = db.connect(settings.db_url, run_migrations=False)
+    with engine.connect() as c:
+        row = c.execute(db.jobs.select().where(db.jobs.c.id == job_id)).first()
+    if row is None or row.status not in ("InProgress", "Stopping"):
+        return 0
+    req, jobdir = row.request, settings.jobs_dir / job_id
+    jobdir.mkdir(parents=True, exist_ok=True)
+    state = {"shutdown": False, "last_write": 0.0, "last_event": 0.0}
+
+    def on_term(_sig, _frm):
+        state["shutdown"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    def should_stop() -> bool:
+        return state["shutdown"] or job_status(engine, job_id) == "Stopping"
+
+    def stopped() -> int:
+        if state["shutdown"]:
+            add_event(engine, job_id, "server shutting down: checkpoint saved, the job resumes "
+                      "when the server starts again", "WARN")
+            return 0
+        finish(engine, job_id, "Stopped", note=f"checkpoints kept in {jobdir / 'run'}")
+        return 0
+
+    try:
+        # -- validation ----------------------------------------------------------------------
+        set_phase(engine, job_id, "validationDetails", "InProgress")
+        storage = Storage(settings)
+        train_loc = storage.locate(req["trainingDataConfig"]["s3Uri"], "trainingDataConfig.s3Uri")
+        train_path = storage.fetch(train_loc, jobdir / "inputs", "trainingDataConfig.s3Uri")
+        valid_path = None
+        for v in (req.get("validationDataConfig") or {}).get("validators") or []:
+            loc = storage.locate(v["s3Uri"], "validationDataConfig.validators[0].s3Uri")
+            valid_path = storage.fetch(loc, jobdir / "inputs" / "validation",
+                                       "validationDataConfig.validators[0].s3Uri")
+        cpt = row.customization_type == "CONTINUED_PRE_TRAINING"
+        _validate_data(engine, job_id, train_path, "training", cpt)
+        if valid_path:
+            _validate_data(engine, job_id, valid_path, "validation", cpt)
+        set_phase(engine, job_id, "validationDetails", "Completed")
+        if should_stop():
+            return stopped()
+
+        # -- data processing -------------------------------------------------------------------
+        set_phase(engine, job_id, "dataProcessingDetails", "InProgress")
+        from afinar.training.config import parse_train_config
+        from afinar.training.trainer import Trainer
+
+        hp = dict(req.get("hyperParameters") or {})
+        values = {"checkpoint_every": 20}
+        values.update(hp)
+        values.update(train_data=str(train_path), base_model=row.base_model,
+                      output_dir=str(jobdir / "run"), name=row.output_model_name)
+        if valid_path:
+            values["validation_data"] = str(valid_path)
+        cfg = parse_train_config(values, source="hyperParameters")
+
+        def progress(ev: ProgressEvent) -> None:
+            now = time.time()
+            if ev.stage == "train" and ev.metrics and now - state["last_write"] > 2:
+                state["last_write"] = now
+                set_fields(engine, job_id, training_metrics={
+                    "trainingLoss": round(float(ev.metrics["loss"]), 6)})
+            if ev.stage == "train" and ev.metrics and (now - state["last_event"] > 10
+                                                    or ev.current == ev.total):
+                state["last_event"] = now
+                add_event(engine, job_id, f"step {ev.current}/{ev.total} loss "
+                          f"{ev.metrics['loss']:.4f} token accuracy {ev.metrics.get('acc', 0):.3f} "
+                          f"{ev.metrics.get('tok/s', 0)} tokens/s")
+            elif ev.stage == "validate" and ev.metrics:
+                add_event(engine, job_id, f"validation at step {ev.current}: loss "
+                          f"{ev.metrics['validation_loss']:.4f}")
+            elif ev.stage not in ("train", "validate") and ev.total is None and ev.metrics:
+                add_event(engine, job_id, f"{ev.stage}: {ev.message or ev.metrics}")
+
+        resume = (jobdir / "run" / "checkpoints").exists() and any(
+            (jobdir / "run" / "checkpoints").glob("step-*"))
+        trainer = Trainer(cfg, settings, progress, should_stop).prepare(resume=resume)
+        add_event(engine, job_id, f"data ready: {len(trainer.train.encoded)} training examples"
+                  + (f", {len(trainer.valid.encoded)} validation" if trainer.valid else "")
+                  + (f"; resuming from {trainer.resume_from.name}" if trainer.resume_from
+                     else "") + f"; {trainer.total_steps} steps")
+        for w in trainer.warnings:
+            add_event(engine, job_id, w, "WARN")
+        set_phase(engine, job_id, "dataProcessingDetails", "Completed")
+
+        # -- training --------------------------------------------------------------------------
+        set_phase(engine, job_id, "trainingDetails", "InProgress")
+        res = trainer.fit()
+        if res.status == "stopped":
+            return stopped()
+        metrics = {"trainingLoss": round(float(res.train_loss), 6)} \
+            if res.train_loss is not None else None
+        vmetrics = [{"validationLoss": round(float(res.validation["validation_loss"]), 6)}] \
+            if res.validation else None
+
+        # -- outputs ---------------------------------------------------------------------------
+        out_loc = storage.locate(req["outputDataConfig"]["s3Uri"], "outputDataConfig.s3Uri")
+        from afinar.service.jobs import _short_id, _slug
+        written = _publish(storage, jobdir / "run", out_loc, job_id, cfg.method)
+        add_event(engine, job_id, f"wrote {len(written)} files to "
+                  f"{req['outputDataConfig']['s3Uri'].rstrip('/')}/model-customization-job-"
+                  f"{job_id}/")
+        from afinar.models.registry import custom_model_record, register_custom_model
+        rec = custom_model_record(settings, row.output_model_name) or {}
+        base_id = row.arn.split("/")[-2].removeprefix("afinar.")
+        model_arn = (f"arn:aws:bedrock:{settings.region}:{settings.account_id}:custom-model/"
+                     f"afinar.{_slug(base_id)}/{_short_id(job_id + row.output_model_name)}")
+        rec.update(arn=model_arn, base_model_id=base_id, base_model_arn=row.base_model_arn,
+                   customization_type=row.customization_type, model_status="Active",
+                   bedrock={"jobName": row.name, "jobArn": row.arn,
+                            "hyperParameters": req.get("hyperParameters") or {},
+                            "trainingDataConfig": req["trainingDataConfig"],
+                            "validationDataConfig": req.get("validationDataConfig"),
+                            "outputDataConfig": req["outputDataConfig"]})
+        register_custom_model(settings, rec)
+        set_fields(engine, job_id, output_model_arn=model_arn, training_metrics=metrics,
+                   validation_metrics=vmetrics)
+        finish(engine, job_id, "Completed",
+               note=f"custom model {row.output_model_name} is Active")
+        return 0
+    except (DataError, StorageError) as e:
+        finish(engine, job_id, "Failed", failure=str(e))
+        return 0
+    except AfinarError as e:
+        finish(engine, job_id, "Failed", failure=str(e).replace("\n  hint: ", ". Hint: "))
+        return 0
+    except KeyboardInterrupt:
+        return stopped()
+    except Exception as e:  # an unexpected error still ends the job with its reason
+        import traceback
+        traceback.print_exc()
+        finish(engine, job_id, "Failed", failure=f"internal error: {type(e).__name__}: {e}. "
+               f"The full traceback is in {jobdir / 'worker.log'}")
+        return 1
+
+
+def _validate_data(engine, job_id: str, path: Path, role: str, cpt: bool) -> None:
+    from afinar.data.check import check_file
+    from afinar.data.schema import SUPERVISED, UNLABELLED
+
+    expected = UNLABELLED if cpt else SUPERVISED
+    rep = check_file(path, expected_schema=expected)
+    add_event(engine, job_id, f"{role} data: {rep.records} records, {rep.valid} valid, schema "
+              f"{rep.schema or 'unknown'}")
+    for w in rep.warnings:
+        add_event(engine, job_id, f"{role} data: {w}", "WARN")
+    if not rep.ok:
+        lines = []
+        for e in rep.errors[:MAX_LISTED_ERRORS]:
+            where = ", ".join(f"{k} {e[k]}" for k in ("line", "record") if e.get(k) is not None)
+            fld = f" field '{e['field']}'" if e.get("field") else ""
+            lines.append(f"{where}{fld}: {e['message']}".strip())
+        more = len(rep.errors) - MAX_LISTED_ERRORS
+        msg = (f"{role} data failed validation ({len(rep.errors)} problem(s)): "
+               + "; ".join(lines) + (f"; ... and {more} more" if more > 0 else ""))
+        if not rep.errors:
+            msg = f"{role} data has no usable records"
+        raise DataError(msg)
+
+
+def _publish(storage: Storage, run: Path, out_loc, job_id: str, method: str) -> list[str]:
+    """Bedrock's layout under the output prefix: model-customization-job-<id>/
+    training_artifacts/step_wise_training_metrics.csv, validation_artifacts/..., plus afinar's
+    model card, record and the adapter (LoRA) or model (full)."""
+    import shutil
+    import tempfile
+
+    from afinar.service.storage import Location
+
+    stage = Path(tempfile.mkdtemp(prefix="afinar-out-"))
+    try:
+        for name in ("training_artifacts", "validation_artifacts", "adapter" if method == "lora"
+                     else "merged"):
+            if (run / name).exists():
+                shutil.copytree(run / name, stage / name)
+        for name in ("README.md", "afinar_model.json", "inputs.json"):
+            if (run / name).exists():
+                shutil.copy2(run / name, stage / name)
+        prefix = f"model-customization-job-{job_id}"
+        sub = Location(f"{out_loc.uri.rstrip('/')}/{prefix}",
+                       out_loc.local / prefix if out_loc.local else None, out_loc.bucket,
+                       f"{(out_loc.key or '').rstrip('/')}/{prefix}".lstrip("/"))
+        return storage.publish(stage, sub)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def main() -> int:
+    job_id = sys.argv[1]
+    raw = os.environ.get("AFINAR_WORKER_SETTINGS")
+    settings = Settings(**json.loads(raw)) if raw else load_settings()
+    return run(job_id, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
