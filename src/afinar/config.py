@@ -38,6 +38,7 @@ class Settings(BaseModel):
     access_keys: dict[str, str] = Field(
         default_factory=dict, description="Access key id -> secret key; boto3 requests signed "
         "with one of them (SigV4) are accepted when the server is not on loopback.")
+    require_auth: bool = Field(False, description="Require authentication even on loopback.")
     api_keys: list[str] = Field(default_factory=list,
                                 description="Bearer API keys accepted when not on loopback.")
     default_model: str = Field("smollm2-135m-instruct", description="Base model used by default.")

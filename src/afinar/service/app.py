@@ -72,7 +72,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     async def health():
         sched = service.scheduler
         return {"status": "ok", "version": __version__,
-                "running": sorted(sched.running) if sched else [],
+                "running": {j: p.pid for j, p in sched.running.items()} if sched else {},
                 "queued": sched.queued() if sched else 0}
 
     @app.get("/afinar/jobs/{job}/events")
@@ -118,7 +118,8 @@ def serve(settings: Settings, log_level: str = "info") -> None:
 
     if auth.auth_required(settings) and not (settings.access_keys or settings.api_keys):
         from afinar.errors import ConfigError
-        raise ConfigError(f"binding {settings.host} (not loopback) needs authentication, but "
+        raise ConfigError(f"binding {settings.host} (require_auth or not loopback) needs "
+                          f"authentication, but "
                           f"no access_keys or api_keys are configured",
                           hint="add [access_keys] (access key id = secret) or api_keys to "
                                "afinar.toml, or bind 127.0.0.1")

@@ -30,7 +30,7 @@ def is_loopback(host: str) -> bool:
 
 
 def auth_required(settings: Settings) -> bool:
-    return not is_loopback(settings.host)
+    return settings.require_auth or not is_loopback(settings.host)
 
 
 def check(settings: Settings, method: str, host: str, raw_path: str, query: str, headers,

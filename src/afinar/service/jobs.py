@@ -71,6 +71,20 @@ class Arns:
                 f"afinar.{_slug(base_model_id)}/{model_id}")
 
 
+def bedrock_id(registry_id: str) -> str:
+    """Bedrock model ids are provider.model (`huggingfacetb.smollm2-135m-instruct`);
+    GetFoundationModel's pattern requires the dot."""
+    e = BUILTIN_MODELS[registry_id]
+    return f"{e.provider.lower().replace('-', '')}.{registry_id}"
+
+
+def registry_id(ident: str) -> str | None:
+    for rid in BUILTIN_MODELS:
+        if ident in (rid, bedrock_id(rid)):
+            return rid
+    return None
+
+
 def _tail(identifier: str) -> str:
     return identifier.rsplit("/", 1)[-1]
 
@@ -95,8 +109,8 @@ class JobService:
         if ident in self.settings.model_aliases:
             target = self.settings.model_aliases[ident]
             return target, _slug(ident), self.arns.foundation(ident), target
-        if ident in BUILTIN_MODELS:
-            return ident, ident, self.arns.foundation(ident), ident
+        if rid := registry_id(ident):
+            return rid, rid, self.arns.foundation(bedrock_id(rid)), rid
         rec = self._custom_record(ident)
         if rec is not None:
             if rec.get("model_status", "Active") != "Active":
@@ -371,9 +385,20 @@ class JobService:
         return {}
 
     # -- foundation models ---------------------------------------------------------------
-    def _foundation(self, mid: str, e) -> dict:
-        return {"modelArn": self.arns.foundation(mid), "modelId": mid, "modelName": e.name,
-                "providerName": e.provider, "inputModalities": ["TEXT"],
+    def _foundations(self) -> dict[str, dict]:
+        """Registry models, then aliases (a cloud id mapped to a local model)."""
+        out = {}
+        for mid, e in BUILTIN_MODELS.items():
+            out[bedrock_id(mid)] = self._foundation(bedrock_id(mid), e.name, e.provider)
+        for alias, target in sorted(self.settings.model_aliases.items()):
+            e = BUILTIN_MODELS.get(target)
+            out[alias] = self._foundation(alias, f"{alias} -> {e.name if e else target}",
+                                          e.provider if e else "local")
+        return out
+
+    def _foundation(self, mid: str, name: str, provider: str) -> dict:
+        return {"modelArn": self.arns.foundation(mid), "modelId": mid, "modelName": name,
+                "providerName": provider, "inputModalities": ["TEXT"],
                 "outputModalities": ["TEXT"], "responseStreamingSupported": True,
                 "customizationsSupported": ["FINE_TUNING", "CONTINUED_PRE_TRAINING"],
                 "inferenceTypesSupported": ["ON_DEMAND"],
@@ -381,9 +406,8 @@ class JobService:
 
     def list_foundation_models(self, p: dict) -> dict:
         out = []
-        for mid, e in BUILTIN_MODELS.items():
-            s = self._foundation(mid, e)
-            if p.get("byProvider") and p["byProvider"].lower() != e.provider.lower():
+        for s in self._foundations().values():
+            if p.get("byProvider") and p["byProvider"].lower() != s["providerName"].lower():
                 continue
             if p.get("byCustomizationType") and \
                     p["byCustomizationType"] not in s["customizationsSupported"]:
@@ -394,23 +418,16 @@ class JobService:
                     p["byInferenceType"] not in s["inferenceTypesSupported"]:
                 continue
             out.append(s)
-        for alias, target in sorted(self.settings.model_aliases.items()):
-            e = BUILTIN_MODELS.get(target)
-            if e and not p:
-                s = self._foundation(alias, e)
-                s["modelName"] = f"{alias} (alias of {target})"
-                out.append(s)
         return {"modelSummaries": out}
 
     def get_foundation_model(self, ident: str) -> dict:
         mid = _tail(ident) if ident.startswith("arn:") else ident
-        target = self.settings.model_aliases.get(mid, mid)
-        e = BUILTIN_MODELS.get(target)
-        if e is None:
+        mid = bedrock_id(registry_id(mid)) if registry_id(mid) else mid
+        found = self._foundations()
+        if mid not in found:
             raise ApiError("ResourceNotFoundException",
-                           f"no foundation model '{ident}'; available: "
-                           f"{', '.join(sorted(BUILTIN_MODELS) + sorted(self.settings.model_aliases))}")
-        return {"modelDetails": self._foundation(mid, e)}
+                           f"no foundation model '{ident}'; available: {', '.join(found)}")
+        return {"modelDetails": found[mid]}
 
 
 def _encode_token(offset: int) -> str:

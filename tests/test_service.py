@@ -1,0 +1,439 @@
+"""The Bedrock-compatible service, driven as users drive it: a real `afinar serve` subprocess on
+127.0.0.1 and boto3's own Bedrock client. Tiny models (an alias maps a Bedrock model id to one)
+keep each training job to seconds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError, ParamValidationError
+
+from conftest import mapping_rows, write_jsonl
+
+CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+ROLE = "arn:aws:iam::123456789012:role/BedrockRole"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`afinar serve` in a subprocess, on a home directory that outlives restarts."""
+
+    def __init__(self, home: Path, tiny: Path, extra_toml: str = ""):
+        self.home, self.port, self.proc = home, _free_port(), None
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "afinar.toml").write_text(
+            f'threads = 1\n{extra_toml}\n[model_aliases]\n"{CLAUDE}" = "{tiny}"\n'
+            f'"tiny" = "{tiny}"\n')
+        self.bucket = home / "s3" / "mi-bucket"
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        env = dict(os.environ, AFINAR_HOME=str(self.home))
+        self.log = open(self.home / f"server-{time.time():.0f}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "afinar.cli.main", "serve",
+                                      "--port", str(self.port), "--log-level", "warning"],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                self.health()
+                return self
+            except OSError:
+                assert self.proc.poll() is None, Path(self.log.name).read_text()
+                time.sleep(0.2)
+        raise TimeoutError("server did not start")
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/afinar/health", timeout=5) as r:
+            return json.loads(r.read())
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait(30)
+
+    def client(self, **kw):
+        kw.setdefault("aws_access_key_id", "test")
+        kw.setdefault("aws_secret_access_key", "test")
+        return boto3.client("bedrock", endpoint_url=self.url, region_name="us-east-1",
+                            config=Config(retries={"max_attempts": 0}), **kw)
+
+    def put(self, key: str, rows) -> str:
+        write_jsonl(self.bucket / key, rows)
+        return f"s3://mi-bucket/{key}"
+
+
+@pytest.fixture
+def server(tmp_path, tiny_model_dir):
+    s = Server(tmp_path / "srv", tiny_model_dir).start()
+    yield s
+    if s.proc.poll() is None:
+        s.kill(signal.SIGTERM)
+
+
+def _create(bedrock, name, model, train_uri, hp=None, **kw):
+    return bedrock.create_model_customization_job(
+        jobName=name, customModelName=model, roleArn=ROLE,
+        baseModelIdentifier=kw.pop("base", CLAUDE), trainingDataConfig={"s3Uri": train_uri},
+        outputDataConfig={"s3Uri": "s3://mi-bucket/fine-tuning/output/"},
+        hyperParameters=hp or {"epochCount": "2", "batchSize": "8", "learningRate": "0.01"},
+        **kw)["jobArn"]
+
+
+def _wait(bedrock, arn, until=("Completed", "Failed", "Stopped"), timeout=180, cond=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        j = bedrock.get_model_customization_job(jobIdentifier=arn)
+        if j["status"] in until and (cond is None or cond(j)):
+            return j
+        if cond is not None and cond(j):
+            return j
+        time.sleep(0.3)
+    raise TimeoutError(f"job stuck: {j['status']} {j['statusDetails']} {j.get('failureMessage')}")
+
+
+def test_seed_flow_completes_and_registers_model(server):
+    """The seed's own call, endpoint changed: validation -> processing -> training -> Active
+    custom model, Bedrock's output layout, learning visible in the metrics; then a job on top of
+    the custom model records the lineage."""
+    bedrock = server.client()
+    train = server.put("fine-tuning/training_data.jsonl", mapping_rows(64))
+    val = server.put("fine-tuning/validation_data.jsonl", mapping_rows(8))
+    arn = _create(bedrock, "ft-1", "mi-modelo", train,
+                  validationDataConfig={"validators": [{"s3Uri": val}]})
+    seen = set()
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        j = bedrock.get_model_customization_job(jobIdentifier=arn)
+        seen.add(tuple(v["status"] for v in j["statusDetails"].values()))
+        if j["status"] != "InProgress":
+            break
+        time.sleep(0.2)
+    assert j["status"] == "Completed", j.get("failureMessage")
+    assert ("Completed", "Completed", "Completed") in seen and len(seen) >= 3
+    assert j["outputModelArn"].startswith("arn:aws:bedrock:us-east-1:")
+    assert j["endTime"] >= j["creationTime"]
+    out = server.bucket / "fine-tuning" / "output" / f"model-customization-job-{arn[-12:]}"
+    rows = list(csv.DictReader((out / "training_artifacts" /
+                                "step_wise_training_metrics.csv").open()))
+    assert list(rows[0]) == ["step_number", "epoch_number", "training_loss", "perplexity"]
+    assert float(rows[-1]["training_loss"]) < float(rows[0]["training_loss"]) - 0.3
+    assert j["trainingMetrics"]["trainingLoss"] == pytest.approx(
+        float(rows[-1]["training_loss"]), rel=1e-4)
+    assert j["validationMetrics"][0]["validationLoss"] > 0
+    assert (out / "validation_artifacts" / "post_fine_tuning_validation" /
+            "validation_metrics.csv").exists()
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+    m = bedrock.get_custom_model(modelIdentifier="mi-modelo")
+    assert m["modelStatus"] == "Active" and m["jobArn"] == arn
+    assert m["modelArn"] == j["outputModelArn"]
+    assert bedrock.get_custom_model(modelIdentifier=m["modelArn"])["modelName"] == "mi-modelo"
+    names = [s["modelName"] for s in bedrock.list_custom_models()["modelSummaries"]]
+    assert names == ["mi-modelo"]
+
+    # fine-tune on top of the custom model, by ARN: lineage base -> mi-modelo -> mi-modelo-2
+    arn2 = _create(bedrock, "ft-2", "mi-modelo-2", train, base=m["modelArn"],
+                   hp={"epochCount": "1", "learningRate": "0.01"})
+    j2 = _wait(bedrock, arn2)
+    assert j2["status"] == "Completed", j2.get("failureMessage")
+    assert j2["baseModelArn"] == m["modelArn"]
+    rec = json.loads((server.home / "custom-models" / "mi-modelo-2.json").read_text())
+    assert rec["lineage"][-2:] == ["mi-modelo", "mi-modelo-2"]
+
+    # the CLI against the same server
+    env = dict(os.environ, AFINAR_HOME=str(server.home))
+    cli = [sys.executable, "-m", "afinar.cli.main", "jobs", "--endpoint", server.url]
+    listed = subprocess.run(cli + ["list"], env=env, capture_output=True, text=True, check=True)
+    assert "ft-1" in listed.stdout and "Completed" in listed.stdout
+    logs = subprocess.run(cli + ["logs", "ft-1", "--follow"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert logs.returncode == 0 and "job completed" in logs.stdout
+    assert "training data: 64 records" in logs.stdout
+
+
+def test_list_paging_filters_and_sort(tmp_path, tiny_model_dir):
+    """ListModelCustomizationJobs over a store of 25 jobs: maxResults + nextToken paging visits
+    each once, status/name filters and both sort orders."""
+    from afinar.config import load_settings
+    from afinar.service.jobs import JobService, set_fields
+
+    srv = Server(tmp_path / "srv", tiny_model_dir)
+    svc = JobService(load_settings({"home": srv.home}))
+    train = srv.put("d/train.jsonl", mapping_rows(8))
+    for i in range(25):
+        svc.create_job({"jobName": f"job-{i:02d}{'-x' if i % 5 == 0 else ''}",
+                        "customModelName": f"m{i}", "roleArn": ROLE,
+                        "baseModelIdentifier": "tiny", "trainingDataConfig": {"s3Uri": train},
+                        "outputDataConfig": {"s3Uri": "s3://mi-bucket/out/"}})
+        time.sleep(0.002)
+    for i in range(25):
+        svc_row = svc._job_row(f"job-{i:02d}{'-x' if i % 5 == 0 else ''}")
+        set_fields(svc.engine, svc_row.id, status="Failed" if i % 2 else "Completed")
+    srv.start()
+    try:
+        bedrock = srv.client()
+        names, token, pages = [], None, 0
+        while True:
+            kw = {"maxResults": 10, **({"nextToken": token} if token else {})}
+            page = bedrock.list_model_customization_jobs(**kw)
+            names += [s["jobName"] for s in page["modelCustomizationJobSummaries"]]
+            pages += 1
+            token = page.get("nextToken")
+            if not token:
+                break
+        assert pages == 3 and len(names) == 25 and len(set(names)) == 25
+        assert names[0] == "job-24" and names[-1] == "job-00-x"  # newest first by default
+        asc = bedrock.list_model_customization_jobs(sortOrder="Ascending", maxResults=3)
+        assert [s["jobName"] for s in asc["modelCustomizationJobSummaries"]] == [
+            "job-00-x", "job-01", "job-02"]
+        failed = bedrock.list_model_customization_jobs(statusEquals="Failed")
+        assert {s["status"] for s in failed["modelCustomizationJobSummaries"]} == {"Failed"}
+        assert len(failed["modelCustomizationJobSummaries"]) == 12
+        x = bedrock.list_model_customization_jobs(nameContains="x")
+        assert len(x["modelCustomizationJobSummaries"]) == 5
+        mid = bedrock.get_model_customization_job(jobIdentifier="job-12")["creationTime"]
+        after = bedrock.list_model_customization_jobs(creationTimeAfter=mid)
+        assert len(after["modelCustomizationJobSummaries"]) == 12
+        paginator = bedrock.get_paginator("list_model_customization_jobs")
+        assert sum(len(p["modelCustomizationJobSummaries"])
+                   for p in paginator.paginate(PaginationConfig={"PageSize": 7})) == 25
+    finally:
+        srv.kill(signal.SIGTERM)
+
+
+def _code(excinfo) -> str:
+    return excinfo.value.response["Error"]["Code"]
+
+
+def test_errors_are_modelled_exceptions(server):
+    bedrock = server.client()
+    train = server.put("d/train.jsonl", mapping_rows(16))
+    bad_hp = [({"epochCount": "abc"}, "epochCount"), ({"epochCount": "0"}, "epochCount"),
+              ({"learningRate": "5"}, "learningRate"), ({"batchSize": "x"}, "batchSize"),
+              ({"nonsense": "1"}, "nonsense")]
+    for hp, field in bad_hp:
+        with pytest.raises(bedrock.exceptions.ValidationException, match=field):
+            _create(bedrock, "bad", "bad", train, hp=hp)
+    with pytest.raises(bedrock.exceptions.ValidationException, match="smollm2-135m-instruct"):
+        _create(bedrock, "bad", "bad", train, base="meta.llama3-8b-instruct-v1:0")
+    for uri, what in (("s3://mi-bucket/../../etc/passwd", "'..'"),
+                      ("/etc/passwd", "allowed_roots"), ("ftp://x/y", "scheme")):
+        with pytest.raises(bedrock.exceptions.ValidationException, match=what):
+            _create(bedrock, "bad", "bad", uri)
+    with pytest.raises(bedrock.exceptions.ValidationException, match="DISTILLATION"):
+        _create(bedrock, "bad", "bad", train, customizationType="DISTILLATION")
+    with pytest.raises(bedrock.exceptions.ValidationException, match="jobName"):
+        _create(bedrock, "no spaces allowed", "bad", train)
+    with pytest.raises(bedrock.exceptions.ResourceNotFoundException, match="no-such-job"):
+        bedrock.get_model_customization_job(jobIdentifier="no-such-job")
+    with pytest.raises(bedrock.exceptions.ResourceNotFoundException):
+        bedrock.get_custom_model(modelIdentifier="no-such-model")
+    with pytest.raises(bedrock.exceptions.ResourceNotFoundException):
+        bedrock.get_foundation_model(modelIdentifier="nope.nope-v1")
+    with pytest.raises(ParamValidationError):  # boto3 checks required fields itself
+        bedrock.create_model_customization_job(jobName="x")
+
+    # idempotency: the same clientRequestToken gives the same job; a reused one conflicts
+    hp = {"epochCount": "1", "batchSize": "8", "learningRate": "0.01"}
+    a = _create(bedrock, "idem", "idem-model", train, hp=hp, clientRequestToken="tok-1")
+    b = _create(bedrock, "idem", "idem-model", train, hp=hp, clientRequestToken="tok-1")
+    assert a == b
+    with pytest.raises(bedrock.exceptions.ConflictException, match="tok-1"):
+        _create(bedrock, "idem-2", "other", train, hp=hp, clientRequestToken="tok-1")
+    with pytest.raises(bedrock.exceptions.ConflictException, match="already exists"):
+        _create(bedrock, "idem", "another-model", train, hp=hp)
+    with pytest.raises(bedrock.exceptions.ConflictException, match="idem-model"):
+        _create(bedrock, "idem-3", "idem-model", train, hp=hp)
+    _wait(bedrock, a)
+    with pytest.raises(bedrock.exceptions.ValidationException, match="only InProgress"):
+        bedrock.stop_model_customization_job(jobIdentifier=a)
+
+    # raw HTTP: malformed requests are ValidationExceptions naming the problem, never a 500
+    def raw(method, path, body: bytes):
+        req = urllib.request.Request(server.url + path, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.headers, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, json.loads(e.read() or b"{}")
+
+    st, h, body = raw("POST", "/model-customization-jobs", b"{not json")
+    assert st == 400 and h["x-amzn-ErrorType"] == "ValidationException"
+    assert "not valid JSON" in body["message"]
+    req = {"jobName": "j", "customModelName": "m", "roleArn": ROLE, "baseModelIdentifier": "tiny",
+           "trainingDataConfig": {"s3Uri": train},
+           "outputDataConfig": {"s3Uri": "s3://mi-bucket/o/"}}
+    st, h, body = raw("POST", "/model-customization-jobs",
+                      json.dumps({**req, "surprise": 1}).encode())
+    assert st == 400 and "surprise" in body["message"]
+    st, h, body = raw("POST", "/model-customization-jobs",
+                      json.dumps({**req, "hyperParameters": {"epochCount": 3}}).encode())
+    assert st == 400 and "hyperParameters.epochCount" in body["message"]
+    st, h, body = raw("POST", "/model-customization-jobs",
+                      json.dumps({k: v for k, v in req.items() if k != "roleArn"}).encode())
+    assert st == 400 and "roleArn" in body["message"]
+    st, h, body = raw("GET", "/model-customization-jobs?maxResults=5000", b"")
+    assert st == 400 and "maxResults" in body["message"]
+
+
+def test_foundation_models_and_aliases(server):
+    bedrock = server.client()
+    ids = [m["modelId"] for m in bedrock.list_foundation_models()["modelSummaries"]]
+    assert "huggingfacetb.smollm2-135m-instruct" in ids and CLAUDE in ids
+    d = bedrock.get_foundation_model(
+        modelIdentifier="huggingfacetb.smollm2-135m-instruct")["modelDetails"]
+    assert "FINE_TUNING" in d["customizationsSupported"]
+    assert bedrock.get_foundation_model(modelIdentifier=d["modelArn"])["modelDetails"] == d
+    alias = bedrock.get_foundation_model(modelIdentifier=CLAUDE)["modelDetails"]
+    assert alias["modelId"] == CLAUDE and "tiny" in alias["modelName"]
+    assert bedrock.list_foundation_models(byProvider="nobody")["modelSummaries"] == []
+
+
+def test_bad_data_fails_fast_with_line_numbers(server):
+    bedrock = server.client()
+    lines = [json.dumps(r) for r in mapping_rows(20)]
+    lines[2] = "{broken json"
+    lines[5] = json.dumps({"prompt": "hi", "completion": ""})
+    p = server.bucket / "d" / "bad.jsonl"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("\n".join(lines) + "\n")
+    j = _wait(bedrock, _create(bedrock, "bad-data", "m-bad", "s3://mi-bucket/d/bad.jsonl"),
+              timeout=60)
+    assert j["status"] == "Failed"
+    assert j["statusDetails"]["validationDetails"]["status"] == "Failed"
+    assert j["statusDetails"]["trainingDetails"]["status"] == "NotStarted"
+    assert "line 3" in j["failureMessage"] and "line 6" in j["failureMessage"]
+    missing = _wait(bedrock, _create(bedrock, "no-data", "m-none", "s3://mi-bucket/d/x.jsonl"),
+                    timeout=60)
+    assert missing["status"] == "Failed" and "does not exist" in missing["failureMessage"]
+
+
+def _long_job(server, bedrock, name, model, ckpt=5):
+    train = server.put(f"d/{name}.jsonl", mapping_rows(320))
+    return _create(bedrock, name, model, train,
+                   hp={"epochCount": "10", "batchSize": "2", "learningRate": "0.01",
+                       "checkpoint_every": str(ckpt)})
+
+
+def _training(j) -> bool:
+    return j["statusDetails"]["trainingDetails"]["status"] == "InProgress" and \
+        bool(j.get("trainingMetrics"))
+
+
+def test_stop_mid_training_keeps_checkpoints(server):
+    bedrock = server.client()
+    arn = _long_job(server, bedrock, "to-stop", "m-stop")
+    _wait(bedrock, arn, until=(), cond=_training, timeout=120)
+    bedrock.stop_model_customization_job(jobIdentifier=arn)
+    st = bedrock.get_model_customization_job(jobIdentifier=arn)["status"]
+    assert st in ("Stopping", "Stopped")
+    j = _wait(bedrock, arn, timeout=60)
+    assert j["status"] == "Stopped"
+    assert j["statusDetails"]["trainingDetails"]["status"] == "Stopped"
+    ckpts = list((server.home / "jobs" / arn[-12:] / "run" / "checkpoints").glob("step-*"))
+    assert ckpts, "a stopped job keeps its checkpoint"
+    with pytest.raises(ClientError):
+        bedrock.get_custom_model(modelIdentifier="m-stop")
+
+
+def test_sigkill_of_worker_fails_job_with_reason(server):
+    bedrock = server.client()
+    arn = _long_job(server, bedrock, "to-kill", "m-kill")
+    _wait(bedrock, arn, until=(), cond=_training, timeout=120)
+    pid = server.health()["running"][arn[-12:]]
+    os.kill(pid, signal.SIGKILL)
+    j = _wait(bedrock, arn, timeout=30)
+    assert j["status"] == "Failed" and "SIGKILL" in j["failureMessage"]
+    assert (server.home / "jobs" / arn[-12:] / "worker.log").exists()
+
+
+def test_server_sigkill_then_restart_resumes_from_checkpoint(server):
+    bedrock = server.client()
+    train = server.put("d/resume.jsonl", mapping_rows(128))
+    arn = _create(bedrock, "survivor", "m-survivor", train,
+                  hp={"epochCount": "6", "batchSize": "2", "learningRate": "0.01",
+                      "checkpoint_every": "20"})
+    ck = server.home / "jobs" / arn[-12:] / "run" / "checkpoints"
+    deadline = time.time() + 120
+    while not list(ck.glob("step-*")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(ck.glob("step-*")), "no checkpoint written"
+    worker = server.health()["running"][arn[-12:]]
+    server.kill(signal.SIGKILL)
+    deadline = time.time() + 10
+    while time.time() < deadline:  # the worker dies with the server
+        try:
+            os.kill(worker, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            break
+    else:
+        pytest.fail("worker outlived the server")
+    server.start()
+    bedrock = server.client()
+    j = _wait(bedrock, arn, timeout=180)
+    assert j["status"] == "Completed", j.get("failureMessage")
+    with urllib.request.urlopen(f"{server.url}/afinar/jobs/survivor/events") as r:
+        log = " ".join(e["message"] for e in json.loads(r.read())["events"])
+    assert "server restarted" in log and "resuming from step-" in log
+    rows = list(csv.DictReader((server.home / "jobs" / arn[-12:] / "run" / "training_artifacts"
+                                / "step_wise_training_metrics.csv").open()))
+    steps = [int(r["step_number"]) for r in rows]
+    assert steps == list(range(len(steps))) and len(steps) == 384  # none lost or doubled
+
+
+def test_authentication_when_required(tmp_path, tiny_model_dir):
+    srv = Server(tmp_path / "srv", tiny_model_dir, extra_toml=(
+        'require_auth = true\napi_keys = ["k-123"]\n[access_keys]\nAKIDTEST = "s3cret"\n'))
+    srv.start()
+    try:
+        ok = srv.client(aws_access_key_id="AKIDTEST", aws_secret_access_key="s3cret")
+        assert ok.list_foundation_models()["modelSummaries"]
+        assert ok.list_model_customization_jobs(maxResults=5, nameContains="a.b+c")[
+            "modelCustomizationJobSummaries"] == []
+        with pytest.raises(ok.exceptions.ResourceNotFoundException):  # signed ARN path label
+            ok.get_custom_model(
+                modelIdentifier="arn:aws:bedrock:us-east-1:000000000000:custom-model/a.b/"
+                                "abcdefabcdef")
+        for akid, secret, msg in (("AKIDTEST", "wrong", "does not match"),
+                                  ("NOPE", "s3cret", "unknown access key")):
+            with pytest.raises(ClientError, match=msg) as e:
+                srv.client(aws_access_key_id=akid,
+                           aws_secret_access_key=secret).list_foundation_models()
+            assert _code(e) == "AccessDeniedException"
+        req = urllib.request.Request(f"{srv.url}/foundation-models")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 403
+        req.add_header("Authorization", "Bearer k-123")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert json.loads(r.read())["modelSummaries"]
+    finally:
+        srv.kill(signal.SIGTERM)
+
+
+def test_non_loopback_bind_without_keys_refused(tmp_path):
+    from afinar.config import load_settings
+    from afinar.errors import ConfigError
+    from afinar.service.app import serve
+
+    with pytest.raises(ConfigError, match="authentication"):
+        serve(load_settings({"home": tmp_path, "host": "0.0.0.0"}))
