@@ -81,3 +81,62 @@ def mapping_rows(n: int = 64) -> list[dict]:
     """A small prompt -> completion mapping a tiny model can learn exactly."""
     return [{"prompt": f"Colour of {THINGS[i % 4]}?", "completion": COLORS[i % 4]}
             for i in range(n)]
+
+
+def _postgres_bin() -> Path | None:
+    import glob
+    import shutil
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    cands = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(cands[-1]).parent if cands else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server (Debian's package) in a temporary directory, for the job store
+    test. Skipped, with the reason, where PostgreSQL or its Python driver is not installed."""
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    pytest.importorskip("psycopg", reason="psycopg (the PostgreSQL driver) is not installed")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    prefix: list[str] = []
+    d = Path(tempfile.mkdtemp(prefix="afinar-pg-"))
+    if os.geteuid() == 0:  # initdb refuses root: run it as the postgres user
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
+        os.chown(d, pw.pw_uid, pw.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(prefix + [str(bindir / "initdb"), "-D", str(d / "data"), "-U", "afinar",
+                             "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
+    proc = subprocess.Popen(prefix + [str(bindir / "postgres"), "-D", str(d / "data"), "-h",
+                                      "127.0.0.1", "-p", str(port), "-k", str(d)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"postgresql+psycopg://afinar@127.0.0.1:{port}/postgres"
+    import psycopg
+    for _ in range(100):
+        try:
+            psycopg.connect(f"host=127.0.0.1 port={port} user=afinar dbname=postgres").close()
+            break
+        except psycopg.OperationalError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("PostgreSQL did not start")
+    yield url
+    proc.terminate()
+    proc.wait(30)
+    shutil.rmtree(d, ignore_errors=True)

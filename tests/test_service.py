@@ -166,6 +166,13 @@ def test_seed_flow_completes_and_registers_model(server):
                           text=True, timeout=60)
     assert logs.returncode == 0 and "job completed" in logs.stdout
     assert "training data: 64 records" in logs.stdout
+    got = subprocess.run(cli + ["get", "ft-1"], env=env, capture_output=True, text=True,
+                         check=True)
+    assert "Completed" in got.stdout and "training loss" in got.stdout
+    models = subprocess.run([sys.executable, "-m", "afinar.cli.main", "models", "list",
+                             "--endpoint", server.url], env=env, capture_output=True, text=True,
+                            check=True)
+    assert "mi-modelo-2" in models.stdout and CLAUDE in models.stdout
 
 
 def test_list_paging_filters_and_sort(tmp_path, tiny_model_dir):
@@ -437,3 +444,72 @@ def test_non_loopback_bind_without_keys_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="authentication"):
         serve(load_settings({"home": tmp_path, "host": "0.0.0.0"}))
+
+
+def test_postgresql_job_store(tmp_path, tiny_model_dir, postgres_url):
+    """The same server on PostgreSQL: migrations apply once, the seed flow completes, listing
+    and the event log work."""
+    from sqlalchemy import create_engine, text
+
+    from afinar.service import db
+
+    srv = Server(tmp_path / "srv", tiny_model_dir, extra_toml=f'database_url = "{postgres_url}"')
+    srv.start()
+    try:
+        bedrock = srv.client()
+        train = srv.put("d/train.jsonl", mapping_rows(32))
+        arn = _create(bedrock, "pg-job", "pg-model", train,
+                      hp={"epochCount": "1", "learningRate": "0.01"})
+        j = _wait(bedrock, arn, timeout=120)
+        assert j["status"] == "Completed", j.get("failureMessage")
+        jobs = bedrock.list_model_customization_jobs()["modelCustomizationJobSummaries"]
+        assert [x["jobName"] for x in jobs] == ["pg-job"]
+    finally:
+        srv.kill(signal.SIGTERM)
+    engine = create_engine(postgres_url)
+    with engine.connect() as c:
+        names = [r[0] for r in c.execute(text("SELECT name FROM schema_migrations ORDER BY 1"))]
+        n_events = c.execute(text("SELECT count(*) FROM job_events")).scalar_one()
+    assert names == [m[0] for m in db.MIGRATIONS] and n_events > 3
+    assert db.migrate(engine) == []  # already applied
+
+
+def test_continued_pre_training_job(server):
+    """CONTINUED_PRE_TRAINING takes Bedrock's {"input": text} records and learns them; the same
+    file as FINE_TUNING data fails validation, saying why."""
+    bedrock = server.client()
+    text = [{"input": f"The {t} is {c}. Everyone knows the {t} is {c}."}
+            for t, c in zip(["apple", "grass", "sky", "coal"] * 16,
+                            ["red", "green", "blue", "black"] * 16, strict=True)]
+    uri = server.put("cpt/text.jsonl", text)
+    arn = _create(bedrock, "cpt-1", "m-cpt", uri, customizationType="CONTINUED_PRE_TRAINING",
+                  hp={"epochCount": "2", "batchSize": "8", "learningRate": "0.01"})
+    j = _wait(bedrock, arn)
+    assert j["status"] == "Completed", j.get("failureMessage")
+    assert j["customizationType"] == "CONTINUED_PRE_TRAINING"
+    rows = list(csv.DictReader((server.home / "jobs" / arn[-12:] / "run" / "training_artifacts"
+                                / "step_wise_training_metrics.csv").open()))
+    assert float(rows[-1]["training_loss"]) < float(rows[0]["training_loss"]) - 0.5
+    assert bedrock.get_custom_model(modelIdentifier="m-cpt")["customizationType"] == \
+        "CONTINUED_PRE_TRAINING"
+    ft = _wait(bedrock, _create(bedrock, "ft-on-text", "m-x", uri), timeout=60)
+    assert ft["status"] == "Failed" and "CONTINUED_PRE_TRAINING" in ft["failureMessage"]
+
+
+@pytest.mark.slow
+def test_default_model_job(tmp_path, tiny_model_dir):
+    """One job on the real default model (SmolLM2-135M-Instruct), a few steps."""
+    srv = Server(tmp_path / "srv", tiny_model_dir).start()
+    try:
+        bedrock = srv.client()
+        train = srv.put("d/train.jsonl", mapping_rows(16))
+        arn = _create(bedrock, "smol", "smol-tuned", train,
+                      base="huggingfacetb.smollm2-135m-instruct",
+                      hp={"epochCount": "1", "batchSize": "4", "learningRate": "0.001",
+                          "max_steps": "3", "merge": "false"})
+        j = _wait(bedrock, arn, timeout=600)
+        assert j["status"] == "Completed", j.get("failureMessage")
+        assert j["baseModelArn"].endswith("foundation-model/huggingfacetb.smollm2-135m-instruct")
+        assert 0 < j["trainingMetrics"]["trainingLoss"] < 10
+    finally:
+        srv.kill(signal.SIGTERM)

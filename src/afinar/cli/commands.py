@@ -94,6 +94,8 @@ def add_models(sub) -> None:
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     ls = msub.add_parser("list", help="base models in the registry and custom models")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--endpoint", help="list what a running afinar server offers instead "
+                    "(e.g. http://127.0.0.1:8080)")
     ls.set_defaults(func=cmd_models_list)
     sh = msub.add_parser("show", help="details of one model")
     sh.add_argument("name")
@@ -107,6 +109,9 @@ def add_models(sub) -> None:
 
 def cmd_models_list(args) -> int:
     from afinar.models.registry import BUILTIN_MODELS, builtin_status, list_custom_models
+
+    if args.endpoint:
+        return _models_list_remote(args)
 
     settings = _settings(args)
     base = [{"id": e.id, "name": e.name, "parameters": e.parameters, "source": e.package,
@@ -396,6 +401,25 @@ def cmd_demo(args) -> int:
         f"{report['paths']['markdown']} (JSON: {report['paths']['json']})")
     out(f"Custom model: {report['paths']['name']}  (try: afinar chat --model "
         f"{report['paths']['name']})")
+    return 0
+
+
+def _models_list_remote(args) -> int:
+    from afinar.cli.service_commands import call, client
+
+    b = client(args)
+    found = call(b.list_foundation_models)["modelSummaries"]
+    custom = call(b.list_custom_models, maxResults=1000)["modelSummaries"]
+    if args.json:
+        dump_json({"foundation_models": found, "custom_models": custom})
+        return 0
+    out(f"Foundation models at {args.endpoint}:")
+    for m in found:
+        out(f"  {m['modelId']:<44} {m.get('modelName', '')}")
+    out("Custom models:" + ("" if custom else " none"))
+    for m in custom:
+        out(f"  {m['modelName']:<28} {m['modelStatus']:<8} {m['customizationType']:<24} "
+            f"{m['creationTime']:%Y-%m-%d %H:%M}  {m['modelArn']}")
     return 0
 
 

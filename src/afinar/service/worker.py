@@ -179,12 +179,16 @@ def _validate_data(engine, job_id: str, path: Path, role: str, cpt: bool) -> Non
         for e in rep.errors[:MAX_LISTED_ERRORS]:
             where = ", ".join(f"{k} {e[k]}" for k in ("line", "record") if e.get(k) is not None)
             fld = f" field '{e['field']}'" if e.get("field") else ""
-            lines.append(f"{where}{fld}: {e['message']}".strip())
+            loc = f"{where}{fld}".strip()
+            lines.append(f"{loc}: {e['message']}" if loc else e["message"])
         more = len(rep.errors) - MAX_LISTED_ERRORS
         msg = (f"{role} data failed validation ({len(rep.errors)} problem(s)): "
                + "; ".join(lines) + (f"; ... and {more} more" if more > 0 else ""))
         if not rep.errors:
             msg = f"{role} data has no usable records"
+        if any(e.get("code") == "wrong_schema" for e in rep.errors):
+            msg += (" (plain text records are for customizationType CONTINUED_PRE_TRAINING)"
+                    if not cpt else " (CONTINUED_PRE_TRAINING takes {\"input\": text} records)")
         raise DataError(msg)
 
 
