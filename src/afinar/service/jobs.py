@@ -534,7 +534,7 @@ class Scheduler:
     def shutdown(self) -> None:
         self.stopped.set()
         self.wake.set()
-        for job_id, p in list(self.running.items()):
+        for p in list(self.running.values()):
             if p.poll() is None:  # let the worker checkpoint; it resumes on the next start
                 p.send_signal(signal.SIGTERM)
         deadline = time.time() + 30
@@ -590,7 +590,10 @@ class Scheduler:
             self.wake.clear()
 
     def _launch(self, job_id: str) -> None:
-        if job_status(self.engine, job_id) != "InProgress":
+        status = job_status(self.engine, job_id)
+        if status == "Stopping":  # stopped between leaving the queue and starting
+            finish(self.engine, job_id, "Stopped", note="stopped before it started")
+        if status != "InProgress":
             return
         d = self.settings.jobs_dir / job_id
         d.mkdir(parents=True, exist_ok=True)

@@ -22,14 +22,16 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, epoch: int, batch_in_epoch: int,
-                    model: torch.nn.Module, optimizer, scheduler, fingerprint: dict,
-                    keep: int = 2) -> Path:
+                    weights: dict[str, torch.Tensor], optimizer_state: dict, scheduler,
+                    fingerprint: dict, keep: int = 2) -> Path:
+    """`weights`: the trainable tensors by name; `optimizer_state`: a state dict (both complete,
+    also under FSDP, where the trainer gathers them first)."""
     d = ckpt_root / f"step-{step:06d}"
     tmp = ckpt_root / f".step-{step:06d}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                tmp / "optim.pt")
@@ -49,8 +51,8 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(d: Path, model: torch.nn.Module, optimizer, scheduler,
-                    fingerprint: dict) -> dict:
+def load_checkpoint(d: Path, trainer, fingerprint: dict) -> dict:
+    """Restore weights, optimizer, scheduler and RNG into `trainer`; returns the position."""
     state = json.loads((d / STATE).read_text(encoding="utf-8"))
     if state["fingerprint"] != fingerprint:
         diff = {k: (state["fingerprint"].get(k), v) for k, v in fingerprint.items()
@@ -59,16 +61,9 @@ def load_checkpoint(d: Path, model: torch.nn.Module, optimizer, scheduler,
             f"checkpoint {d} belongs to a run with other settings: {diff} (checkpoint, now)",
             hint="resume with the original settings, or start a new run in another output dir")
     weights = load_file(str(d / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise CheckpointError(f"checkpoint {d} has weights this model lacks: {missing[:3]}")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t)
     blob = torch.load(d / "optim.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
-    scheduler.load_state_dict(blob["scheduler"])
+    trainer.load_state(weights, blob["optimizer"])
+    trainer.scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])
     random.setstate(blob["python_rng"])
     if blob.get("cuda_rng") is not None and torch.cuda.is_available():

@@ -72,6 +72,10 @@ class TrainConfig(BaseModel):
         "length", description="length: batch similar lengths together (little padding); packed: "
         "concatenate each batch into one row, attention kept per example (no padding); "
         "random: plain shuffled batches.")
+    fsdp: bool = Field(False, description="Shard weights, gradients and optimizer state over the "
+                       "processes (FSDP2 through accelerate) for models one device cannot hold; "
+                       "needs torchrun/accelerate launch with 2+ processes. `accelerate launch "
+                       "--use_fsdp` turns it on too.")
     merge: bool = Field(True, description="Also write a merged model (LoRA only).")
     skip_invalid: bool = Field(False, description="Skip invalid records instead of failing.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch.")

@@ -13,9 +13,8 @@ import torch
 from afinar.models.registry import register_custom_model
 
 
-def export_run(trainer, result) -> Path:
+def export_run(trainer, result, model) -> Path:
     cfg, out = trainer.cfg, trainer.out
-    model = trainer.accel.unwrap_model(trainer.loss_mod).model
     tok = trainer.tokenizer
     tok.padding_side = "left"  # what inference wants
     if cfg.method == "lora":

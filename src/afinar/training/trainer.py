@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -90,6 +91,32 @@ def build_model(cfg: TrainConfig, resolved: ResolvedModel, dtype: torch.dtype, d
     return model
 
 
+def _no_split_modules(model) -> list[str]:
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = getattr(lm, "_no_split_modules", None) or []
+    if not names:
+        raise TrainingError(f"{type(lm).__name__} does not name its transformer layer class, "
+                            f"so FSDP cannot shard it", hint="train without --fsdp")
+    return list(names)
+
+
+def _fully_shard(root: torch.nn.Module, model: torch.nn.Module) -> None:
+    """FSDP2 (torch's `fully_shard`): each decoder layer is a sharding unit, the rest (embeddings,
+    final norm, output layer) belongs to the root. Applied directly rather than through
+    accelerate's FSDP plugin, which accelerate enables only on GPUs/accelerators; this way the
+    same path runs on CPU processes (gloo), which is how the test suite exercises it."""
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(_no_split_modules(model))
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise TrainingError(f"no {sorted(names)} modules found to shard",
+                            hint="train without --fsdp")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(root)
+
+
 def _linear_names(model) -> list[str]:
     out_emb = model.get_output_embeddings()
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
@@ -105,6 +132,8 @@ class Trainer:
         self.cfg, self.settings, self.progress = cfg, settings, progress
         self.should_stop = should_stop or (lambda: False)
         self.accel = Accelerator(cpu=not torch.cuda.is_available())
+        want_fsdp = cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        self.fsdp = want_fsdp and self.accel.num_processes > 1
         self.device = choose_device()  # device type, for dtype choice and autocast
         self.dtype, note = choose_dtype(cfg.precision, self.device)
         self.warnings = [note] if note else []
@@ -121,7 +150,7 @@ class Trainer:
                 raise CheckpointError(f"nothing to resume in {self.out}: no checkpoint found",
                                       hint="start without --resume")
             return last
-        if self.out.exists() and any(self.out.iterdir()):
+        if self.out.exists() and any(p.name != "STOP" for p in self.out.iterdir()):
             raise TrainingError(f"output directory {self.out} already holds a run",
                                 hint="pass --resume to continue it, or choose another "
                                      "--output-dir / --name")
@@ -146,7 +175,15 @@ class Trainer:
         # each process places its model on its own device (cuda:<local rank> under torchrun)
         self.model = build_model(cfg, self.resolved, self.dtype, str(self.accel.device))
         self.loss_mod = SelectiveLMLoss(self.model)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        if (cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP")) and not self.fsdp:
+            self.warnings.append("fsdp needs 2+ processes (torchrun / accelerate launch); "
+                                 "training unsharded")
+        if self.fsdp:
+            # shards the parameters in place: before the optimizer sees them
+            _fully_shard(self.loss_mod, self.model)
+        params = [p for p in self.loss_mod.parameters() if p.requires_grad]
+        self.trainable_names = [n.removeprefix("model.") for n, p in
+                                self.loss_mod.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.world, self.rank = self.accel.num_processes, self.accel.process_index
         lengths = [len(e) for e in self.train.encoded]
@@ -167,7 +204,8 @@ class Trainer:
         self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer,
                                        num_warmup_steps=min(cfg.warmup_steps, self.total_steps),
                                        num_training_steps=self.total_steps)
-        self.loss_mod = self.accel.prepare(self.loss_mod)
+        if not self.fsdp:
+            self.loss_mod = self.accel.prepare(self.loss_mod)
         return self
 
     def _autocast(self):
@@ -209,8 +247,7 @@ class Trainer:
         start_step, start_epoch, start_batch = 0, 0, 0
         fp = cfg.fingerprint()
         if self.resume_from is not None:
-            st = ckpt.load_checkpoint(self.resume_from, self.model, self.optimizer,
-                                      self.scheduler, fp)
+            st = ckpt.load_checkpoint(self.resume_from, self, fp)
             start_step, start_epoch, start_batch = st["step"], st["epoch"], st["batch_in_epoch"]
         writer = MetricsWriter(self.out, start_step if self.resume_from else None) if main \
             else None
@@ -253,7 +290,7 @@ class Trainer:
                     if (cfg.eval_every and step % cfg.eval_every == 0) or (
                             at_ckpt and not cfg.eval_every):
                         last_val = self._validate_and_log(writer, step, epoch)
-                    stop = self.should_stop()
+                    stop = self._agree_stop()
                     if at_ckpt or stop:
                         self._save(step, epoch, b)
                     if stop:
@@ -271,9 +308,11 @@ class Trainer:
         res = TrainResult(self.name, self.out, status, step, self.total_steps, last_loss,
                           first_loss, last_val, tokens * self.world / max(secs, 1e-9), secs,
                           warnings=self.warnings)
+        # under FSDP the full weights exist only once gathered, which every process joins
+        gathered = self.trainable_state() if self.fsdp and status == "completed" else None
         if status == "completed" and main:
             from afinar.training.export import export_run
-            res.model_dir = export_run(self, res)
+            res.model_dir = export_run(self, res, self.export_model(gathered))
         accel.wait_for_everyone()
         return res
 
@@ -294,7 +333,7 @@ class Trainer:
             tot_loss += float(loss_sum.detach())
             tot_correct += int(correct.detach())
             ntok += batch["n_tokens"]
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.loss_mod.parameters() if p.requires_grad]
         self.accel.clip_grad_norm_(params, 1.0)
         self.optimizer.step()
         self.scheduler.step()
@@ -305,6 +344,18 @@ class Trainer:
         return float(stats[0] / stats[2].clamp(min=1)), float(stats[1] / stats[2].clamp(
             min=1)), ntok
 
+    def _agree_stop(self) -> bool:
+        """Stop when asked (callback, or a STOP file in the output directory), and only when
+        every process agrees, so they all checkpoint at the same step."""
+        stop_file = self.out / "STOP"
+        local = bool(self.should_stop()) or stop_file.exists()
+        if self.world > 1:
+            flag = torch.tensor([float(local)], device=self.accel.device)
+            local = bool(self.accel.reduce(flag, reduction="sum").item() > 0)
+        if local and self.accel.is_main_process:
+            stop_file.unlink(missing_ok=True)  # or the resumed run would stop at once
+        return local
+
     def _validate_and_log(self, writer, step: int, epoch: int) -> dict | None:
         val = self.validate()
         if val and writer:
@@ -313,11 +364,72 @@ class Trainer:
             self.progress(ProgressEvent("validate", step, None, val))
         return val
 
+    # -- state (plain, DDP and FSDP alike) ------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Trainable weights by the plain model's names, complete on the main process (under
+        FSDP every process must call this: the shards are gathered)."""
+        if not self.fsdp:
+            return ckpt.trainable_state(self.accel.unwrap_model(self.loss_mod).model)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+        full = get_model_state_dict(self.loss_mod, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        keep = set(self.trainable_names)
+        return {k.removeprefix("model."): v.contiguous() for k, v in full.items()
+                if k.removeprefix("model.") in keep}
+
+    def optimizer_state(self) -> dict:
+        if not self.fsdp:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+        return get_optimizer_state_dict(self.loss_mod, self.optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+
+    def load_state(self, weights: dict[str, torch.Tensor], optim: dict) -> None:
+        if not self.fsdp:
+            params = dict(self.accel.unwrap_model(self.loss_mod).model.named_parameters())
+            missing = [n for n in weights if n not in params]
+            if missing:
+                raise CheckpointError(f"the checkpoint has weights this model lacks: "
+                                      f"{missing[:3]}")
+            with torch.no_grad():
+                for n, t in weights.items():
+                    params[n].copy_(t)
+            self.optimizer.load_state_dict(optim)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+        opts = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(self.loss_mod, {f"model.{k}": v for k, v in weights.items()},
+                             options=opts)
+        set_optimizer_state_dict(self.loss_mod, self.optimizer, optim, options=opts)
+
+    def export_model(self, gathered: dict[str, torch.Tensor] | None):
+        """The trained model as a plain (PEFT) module. Under FSDP: a fresh unsharded copy with
+        the gathered weights."""
+        if gathered is None:
+            return self.accel.unwrap_model(self.loss_mod).model
+        model = build_model(self.cfg, self.resolved, self.dtype, "cpu")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in gathered.items():
+                params[n].copy_(t)
+        return model
+
     def _save(self, step: int, epoch: int, batch_in_epoch: int) -> None:
+        weights, optim = self.trainable_state(), self.optimizer_state()
         if self.accel.is_main_process:
             ckpt.save_checkpoint(self.out / "checkpoints", step, epoch, batch_in_epoch,
-                                 self.accel.unwrap_model(self.loss_mod).model, self.optimizer,
-                                 self.scheduler, self.cfg.fingerprint(), self.cfg.keep_checkpoints)
+                                 weights, optim, self.scheduler, self.cfg.fingerprint(),
+                                 self.cfg.keep_checkpoints)
         self.accel.wait_for_everyone()
 
 
