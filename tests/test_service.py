@@ -312,6 +312,10 @@ def test_foundation_models_and_aliases(server):
     alias = bedrock.get_foundation_model(modelIdentifier=CLAUDE)["modelDetails"]
     assert alias["modelId"] == CLAUDE and "tiny" in alias["modelName"]
     assert bedrock.list_foundation_models(byProvider="nobody")["modelSummaries"] == []
+    # the server process stays light: torch is loaded only by the job workers
+    maps = Path(f"/proc/{server.proc.pid}/maps")
+    if maps.exists():
+        assert "libtorch" not in maps.read_text()
 
 
 def test_bad_data_fails_fast_with_line_numbers(server):
@@ -513,3 +517,45 @@ def test_default_model_job(tmp_path, tiny_model_dir):
         assert 0 < j["trainingMetrics"]["trainingLoss"] < 10
     finally:
         srv.kill(signal.SIGTERM)
+
+
+def test_s3_compatible_endpoint(tmp_path, tiny_model_dir, monkeypatch):
+    """With s3_endpoint_url set, data is read from and outputs written to an S3-compatible
+    store over HTTP (moto's S3 server here), with boto3, not the local bucket root."""
+    moto_server = pytest.importorskip("moto.server")
+    s3srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port())
+    s3srv.start()
+    try:
+        endpoint = f"http://127.0.0.1:{s3srv._server.server_port}"
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="remote-bucket")
+        body = "\n".join(json.dumps(r) for r in mapping_rows(32)) + "\n"
+        s3.put_object(Bucket="remote-bucket", Key="ft/train.jsonl", Body=body.encode())
+        srv = Server(tmp_path / "srv", tiny_model_dir,
+                     extra_toml=f's3_endpoint_url = "{endpoint}"').start()
+        try:
+            bedrock = srv.client()
+            arn = bedrock.create_model_customization_job(
+                jobName="remote", customModelName="m-remote", roleArn=ROLE,
+                baseModelIdentifier="tiny",
+                trainingDataConfig={"s3Uri": "s3://remote-bucket/ft/train.jsonl"},
+                outputDataConfig={"s3Uri": "s3://remote-bucket/out/"},
+                hyperParameters={"epochCount": "1", "learningRate": "0.01"})["jobArn"]
+            j = _wait(bedrock, arn, timeout=120)
+            assert j["status"] == "Completed", j.get("failureMessage")
+            missing = _wait(bedrock, _create(bedrock, "remote-missing", "m-r2",
+                                             "s3://remote-bucket/ft/nope.jsonl"), timeout=60)
+            assert missing["status"] == "Failed" and "cannot read" in missing["failureMessage"]
+        finally:
+            srv.kill(signal.SIGTERM)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="remote-bucket",
+                                                    Prefix="out/")["Contents"]]
+        prefix = f"out/model-customization-job-{arn[-12:]}/"
+        assert prefix + "training_artifacts/step_wise_training_metrics.csv" in keys
+        assert prefix + "adapter/adapter_model.safetensors" in keys
+        assert not (srv.home / "s3").exists() or not any((srv.home / "s3").rglob("*.csv"))
+    finally:
+        s3srv.stop()

@@ -20,13 +20,9 @@ from afinar.data.readers import write_jsonl
 from afinar.data.split import split_file
 from afinar.demo.stripe_data import generate
 from afinar.errors import DataError
-from afinar.eval.compare import evaluate, write_report
-from afinar.models.loading import load_tokenizer
 from afinar.models.registry import resolve_model
 from afinar.progress import ProgressCallback, null_progress
 from afinar.training.config import parse_train_config
-from afinar.training.metrics import read_training_csv
-from afinar.training.trainer import train
 
 
 @dataclass
@@ -49,6 +45,13 @@ class DemoOptions:
 
 def run_demo(opts: DemoOptions, settings: Settings, progress: ProgressCallback = null_progress,
              say: Callable[[str], None] = lambda s: None) -> dict:
+    # torch-heavy modules load here, not at import: the CLI imports this module to build
+    # its parser, and the server's process must stay free of torch
+    from afinar.eval.compare import evaluate, write_report
+    from afinar.models.loading import load_tokenizer
+    from afinar.training.metrics import read_training_csv
+    from afinar.training.trainer import train
+
     t_start = time.time()
     base = opts.base_model or settings.default_model
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
