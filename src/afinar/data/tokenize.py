@@ -29,6 +29,7 @@ class Encoded:
     labels: list[int]
     truncated: bool
     line: int
+    position_ids: list[int] | None = None  # packed documents: restart at each document
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -76,7 +76,7 @@ def run(job_id: str, settings: Settings) -> int:
         from afinar.training.trainer import Trainer
 
         hp = dict(req.get("hyperParameters") or {})
-        values = {"checkpoint_every": 20}
+        values = {"checkpoint_every": 20, "type": "cpt" if cpt else "sft"}
         values.update(hp)
         values.update(train_data=str(train_path), base_model=row.base_model,
                       output_dir=str(jobdir / "run"), name=row.output_model_name)

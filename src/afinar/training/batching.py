@@ -54,8 +54,16 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, : len(x)] = torch.tensor(x.labels)
         mask[i, : len(x)] = 1
     padded = bool((mask == 0).any())
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask if padded else None,
-            "n_tokens": int(mask.sum())}
+    out = {"input_ids": ids, "labels": labels, "attention_mask": mask if padded else None,
+           "n_tokens": int(mask.sum())}
+    if any(x.position_ids is not None for x in items):
+        pos = torch.zeros((len(items), n), dtype=torch.long)
+        for i, x in enumerate(items):
+            p = x.position_ids if x.position_ids is not None else range(len(x))
+            pos[i, : len(x)] = torch.tensor(list(p))
+            pos[i, len(x):] = torch.arange(len(x), n)  # padding continues the last document
+        out["position_ids"] = pos
+    return out
 
 
 def collate_packed(items: list[Encoded]) -> dict[str, torch.Tensor]:
@@ -65,6 +73,6 @@ def collate_packed(items: list[Encoded]) -> dict[str, torch.Tensor]:
     for x in items:
         ids += x.input_ids
         labels += [IGNORE_INDEX] + list(x.labels[1:])
-        pos += range(len(x))
+        pos += x.position_ids if x.position_ids is not None else range(len(x))
     return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([pos]), "attention_mask": None, "n_tokens": len(ids)}

@@ -25,7 +25,12 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    train_data: str = Field(..., description="Training data file (JSONL, JSON, CSV or Parquet).")
+    type: Literal["sft", "cpt"] = Field(
+        "sft", description="sft: supervised fine-tuning on prompt/answer data; cpt: continued "
+        "pre-training on a corpus (.jsonl of {\"input\"}/{\"text\"}, .txt/.md files or a "
+        "folder), packed into blocks of max_length tokens.")
+    train_data: str = Field(..., description="Training data file (JSONL, JSON, CSV or Parquet; "
+                            "for cpt also .txt/.md files or a folder).")
     validation_data: str | None = Field(None, description="Optional validation data file.")
     base_model: str = Field("smollm2-135m-instruct",
                             description="Registry id, custom model, local dir, .gguf or hub id.")
@@ -94,7 +99,7 @@ class TrainConfig(BaseModel):
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the original."""
-        keys = ("train_data", "base_model", "method", "epochs", "batch_size", "grad_accum",
+        keys = ("type", "train_data", "base_model", "method", "epochs", "batch_size", "grad_accum",
                 "lora_r", "lora_alpha", "lora_targets", "lora_layers", "seed", "max_length", "grouping",
                 "max_steps")
         d = {k: getattr(self, k) for k in keys}

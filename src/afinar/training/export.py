@@ -33,6 +33,7 @@ def export_run(trainer, result, model) -> Path:
         "name": trainer.name,
         "model_dir": str(out),
         "method": cfg.method,
+        "type": cfg.type,
         "base_model": cfg.base_model,
         "base_path": trainer.resolved.path,
         "lineage": list(trainer.resolved.lineage) + [trainer.name],
@@ -42,6 +43,7 @@ def export_run(trainer, result, model) -> Path:
                  "validation": trainer.valid.summary() if trainer.valid else None},
         "metrics": {"train_loss": result.train_loss, "first_train_loss": result.first_loss,
                     "validation": result.validation, "steps": result.steps,
+                    "initial_validation": result.initial_validation,
                     "tokens_per_second": round(result.tokens_per_second, 1),
                     "train_seconds": round(result.seconds, 1)},
         "artifacts": {"adapter": str(out / "adapter") if cfg.method == "lora" else None,
@@ -86,7 +88,9 @@ def model_card(r: dict) -> str:
         f"Lineage: {' -> '.join(r['lineage'])}", "",
         "## Data", "",
         f"- train: `{d['train']['path']}`: {d['train']['examples']} examples "
-        f"({d['train']['schema']}), {d['train']['tokens']:,} tokens",
+        f"({d['train']['schema']}), {d['train']['tokens']:,} tokens"
+        + (f" from {d['train']['documents']} documents in blocks of "
+           f"{d['train']['block_size']}" if d['train'].get('documents') else ""),
     ]
     if d.get("validation"):
         v = d["validation"]
@@ -94,6 +98,10 @@ def model_card(r: dict) -> str:
     lines += ["", "## Metrics", "",
               f"- training loss: {m['first_train_loss']:.4f} (first step) -> "
               f"{m['train_loss']:.4f} (last step), {m['steps']} steps"]
+    if m.get("initial_validation"):
+        iv = m["initial_validation"]
+        lines.append(f"- held-out perplexity before training {iv['perplexity']:.3f} "
+                     f"(loss {iv['validation_loss']:.4f})")
     if val:
         lines.append(f"- validation loss {val['validation_loss']:.4f}, perplexity "
                      f"{val['perplexity']:.3f}, token accuracy {val['token_accuracy']:.3f}")

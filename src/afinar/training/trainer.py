@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from afinar.config import Settings
+from afinar.data.corpus import Corpus, prepare_corpus
 from afinar.errors import CheckpointError, TrainingError
 from afinar.models.loading import load_causal_lm, load_tokenizer
 from afinar.models.registry import ResolvedModel, resolve_model
@@ -49,6 +50,7 @@ class TrainResult:
     seconds: float
     model_dir: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    initial_validation: dict | None = None  # cpt: held-out metrics before training
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -117,6 +119,10 @@ def _fully_shard(root: torch.nn.Module, model: torch.nn.Module) -> None:
     fully_shard(root)
 
 
+def _lengths(data) -> list[int]:
+    return data.lengths() if isinstance(data, Corpus) else [len(e) for e in data.encoded]
+
+
 def _linear_names(model) -> list[str]:
     out_emb = model.get_output_embeddings()
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
@@ -150,7 +156,8 @@ class Trainer:
                 raise CheckpointError(f"nothing to resume in {self.out}: no checkpoint found",
                                       hint="start without --resume")
             return last
-        if self.out.exists() and any(p.name != "STOP" for p in self.out.iterdir()):
+        if self.out.exists() and any(p.name not in ("STOP", "tokens")
+                                     for p in self.out.iterdir()):
             raise TrainingError(f"output directory {self.out} already holds a run",
                                 hint="pass --resume to continue it, or choose another "
                                      "--output-dir / --name")
@@ -165,11 +172,20 @@ class Trainer:
         from afinar.data.tokenize import ensure_chat_template
         ensure_chat_template(self.tokenizer)
         # all data problems surface here, before the model is loaded or a step is taken
-        self.train = prepare(cfg.train_data, self.tokenizer, cfg.max_length, cfg.skip_invalid)
-        self.valid: PreparedData | None = None
-        if cfg.validation_data:
-            self.valid = prepare(cfg.validation_data, self.tokenizer, cfg.max_length,
-                                 cfg.skip_invalid, role="validation")
+        self.valid: PreparedData | Corpus | None = None
+        if cfg.type == "cpt":
+            # streamed into token files next to the run, then read back by memory map
+            tokens = self.out / "tokens"
+            self.train = prepare_corpus(cfg.train_data, self.tokenizer, cfg.max_length, tokens)
+            if cfg.validation_data:
+                self.valid = prepare_corpus(cfg.validation_data, self.tokenizer,
+                                            cfg.max_length, tokens, role="validation")
+        else:
+            self.train = prepare(cfg.train_data, self.tokenizer, cfg.max_length,
+                                 cfg.skip_invalid)
+            if cfg.validation_data:
+                self.valid = prepare(cfg.validation_data, self.tokenizer, cfg.max_length,
+                                     cfg.skip_invalid, role="validation")
         self.warnings += self.train.warnings + (self.valid.warnings if self.valid else [])
         _set_seed(cfg.seed)
         # each process places its model on its own device (cuda:<local rank> under torchrun)
@@ -186,10 +202,10 @@ class Trainer:
                                 self.loss_mod.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.world, self.rank = self.accel.num_processes, self.accel.process_index
-        lengths = [len(e) for e in self.train.encoded]
+        lengths = self.lengths = _lengths(self.train)
         # labelled tokens per example, counted once (the loss is normalised by them each step)
-        self.label_counts = [sum(1 for t in e.labels[1:] if t != -100)
-                             for e in self.train.encoded]
+        self.label_counts = self.train.label_counts() if isinstance(self.train, Corpus) else [
+            sum(1 for t in e.labels[1:] if t != -100) for e in self.train.encoded]
         n_batches = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.grouping,
                                       self.rank, self.world))
         if n_batches == 0:
@@ -225,7 +241,8 @@ class Trainer:
             return None
         self.model.eval()
         enc = self.valid.encoded
-        order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+        vlen = _lengths(self.valid)
+        order = sorted(range(len(enc)), key=lambda i: vlen[i])
         mine = order[self.rank::self.world]
         tot = torch.zeros(3, dtype=torch.float64, device=self.accel.device)
         for s in range(0, len(mine), self.cfg.batch_size):
@@ -256,10 +273,14 @@ class Trainer:
                                                          "train": self.train.summary(),
                                                          "validation": self.valid.summary()
                                                          if self.valid else None}))
-        lengths = [len(e) for e in self.train.encoded]
+        lengths = self.lengths
         step, t0, tokens, first_loss, last_loss = start_step, time.time(), 0, None, None
         last_val, status = None, "completed"
         epoch, b = start_epoch, start_batch
+        initial_val = None
+        if cfg.type == "cpt" and self.valid is not None and self.resume_from is None:
+            # held-out perplexity of the untouched model: the curve's first point
+            initial_val = self._validate_and_log(writer, 0, 0)
         self.model.train()
         self.progress(ProgressEvent("train", step, self.total_steps))
         try:
@@ -307,7 +328,7 @@ class Trainer:
         secs = time.time() - t0
         res = TrainResult(self.name, self.out, status, step, self.total_steps, last_loss,
                           first_loss, last_val, tokens * self.world / max(secs, 1e-9), secs,
-                          warnings=self.warnings)
+                          warnings=self.warnings, initial_validation=initial_val)
         # under FSDP the full weights exist only once gathered, which every process joins
         gathered = self.trainable_state() if self.fsdp and status == "completed" else None
         if status == "completed" and main:
