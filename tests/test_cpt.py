@@ -89,3 +89,20 @@ def test_cpt_lowers_held_out_perplexity_and_chains(tmp_path, tiny_model_dir, set
     train(ft, settings)
     rec = json.loads((settings.custom_models_dir / "cpt-then-ft.json").read_text())
     assert rec["lineage"] == [str(tiny_model_dir), "cpt-run", "cpt-then-ft"]
+
+
+def test_cpt_demo_pipeline_on_tiny_model(tmp_path, tiny_model_dir, settings):
+    from afinar.demo.cpt import CptDemoOptions, run_cpt_demo
+
+    said = []
+    opts = CptDemoOptions(chars_per_module=400, block_size=64, batch_size=8,
+                          learning_rate=3e-3, lora_layers=None, checkpoint_every=3,
+                          base_model=str(tiny_model_dir), output_dir=str(tmp_path / "demo"))
+    rep = run_cpt_demo(opts, settings, say=said.append)
+    held = rep["modules"]["held_out"]
+    assert "abc" in held and not set(held) & set(rep["modules"]["train"])
+    hp = rep["held_out_perplexity"]
+    assert hp["after"] < hp["before"]  # a random tiny model learns the pages' shape
+    assert rep["curve"][0]["step"] == 0 and len(rep["curve"]) >= 3
+    assert "Held-out perplexity" in (tmp_path / "demo" / "report.md").read_text()
+    assert said[-1].startswith("[3/3]")

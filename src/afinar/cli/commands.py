@@ -48,6 +48,22 @@ def add_data(sub) -> None:
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_data_split)
+    c = dsub.add_parser("clean", help="remove duplicates and near duplicates, filter by "
+                        "length, balance classes; writes the cleaned file and a summary")
+    c.add_argument("file")
+    c.add_argument("--out", required=True, help="cleaned JSONL file to write")
+    c.add_argument("--keep-duplicates", action="store_true", help="keep exact duplicates")
+    c.add_argument("--near-dup-threshold", type=float, default=0.9,
+                   help="character 5-gram Jaccard at or above which a record is a near "
+                        "duplicate of an earlier one (default 0.9)")
+    c.add_argument("--keep-near-duplicates", action="store_true")
+    c.add_argument("--min-chars", type=int, help="drop records shorter than this")
+    c.add_argument("--max-chars", type=int, help="drop records longer than this")
+    c.add_argument("--balance", choices=["down", "up"],
+                   help="balance classes: downsample to the rarest or upsample to the commonest")
+    c.add_argument("--seed", type=int, default=42)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_data_clean)
 
 
 def cmd_data_check(args) -> int:
@@ -73,6 +89,22 @@ def cmd_data_check(args) -> int:
     else:
         out(format_report(rep))
     return 0 if rep.ok else 1
+
+
+def cmd_data_clean(args) -> int:
+    from afinar.data.clean import clean_file, format_summary
+
+    if not 0 < args.near_dup_threshold <= 1:
+        raise ConfigError(f"--near-dup-threshold must be in (0, 1]; got {args.near_dup_threshold}")
+    s = clean_file(args.file, args.out, dedup=not args.keep_duplicates,
+                   near_dup_threshold=None if args.keep_near_duplicates
+                   else args.near_dup_threshold, min_chars=args.min_chars,
+                   max_chars=args.max_chars, balance=args.balance, seed=args.seed)
+    if args.json:
+        dump_json(s.to_dict())
+    else:
+        out(format_summary(s))
+    return 0
 
 
 def cmd_data_split(args) -> int:
@@ -361,8 +393,12 @@ def add_demo(sub) -> None:
     from afinar.demo.stripe import DemoOptions
 
     d = DemoOptions()
-    p = sub.add_parser("demo", help="end-to-end demo: fine-tune the default model to write "
-                       "Stripe API calls and compare it with the base model")
+    p = sub.add_parser("demo", help="end-to-end demos: 'stripe' (default) fine-tunes the "
+                       "default model to write Stripe API calls and compares it with the base "
+                       "model; 'cpt' continues its pre-training on Python's library docs and "
+                       "measures held-out perplexity")
+    p.add_argument("which", nargs="?", default="stripe", choices=["stripe", "cpt"],
+                   help="which demo (default: stripe)")
     p.add_argument("--train-examples", type=int, default=d.train_examples)
     p.add_argument("--test-examples", type=int, default=d.test_examples)
     p.add_argument("--validation-examples", type=int, default=d.validation_examples)
@@ -370,8 +406,9 @@ def add_demo(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
     p.add_argument("--lora-r", type=int, default=d.lora_r)
-    p.add_argument("--lora-layers", type=int, default=d.lora_layers,
-                   help="LoRA on the top N layers only (0: all layers)")
+    p.add_argument("--lora-layers", type=int, default=None,
+                   help=f"LoRA on the top N layers only (0: all layers; default "
+                        f"{d.lora_layers} for stripe, 15 for cpt)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--model", dest="base_model", help="base model (default: the default model)")
     p.add_argument("--output-dir", help="where to write data, model and report")
@@ -384,6 +421,8 @@ def cmd_demo(args) -> int:
     from afinar.eval.compare import format_table
 
     _quiet_libraries()
+    if args.which == "cpt":
+        return _cmd_demo_cpt(args)
     settings = _settings(args)
     opts = DemoOptions(**{k: getattr(args, k) for k in DemoOptions.__dataclass_fields__
                           if getattr(args, k, None) is not None})
@@ -401,6 +440,22 @@ def cmd_demo(args) -> int:
         f"{report['paths']['markdown']} (JSON: {report['paths']['json']})")
     out(f"Custom model: {report['paths']['name']}  (try: afinar chat --model "
         f"{report['paths']['name']})")
+    return 0
+
+
+def _cmd_demo_cpt(args) -> int:
+    from afinar.demo.cpt import CptDemoOptions, run_cpt_demo
+
+    opts = CptDemoOptions(base_model=args.base_model, output_dir=args.output_dir,
+                          seed=args.seed)
+    if args.lora_layers is not None:
+        opts.lora_layers = args.lora_layers or None
+    bar = TqdmProgress(disable=args.quiet or args.json)
+    say = (lambda s: None) if args.json else out
+    report = run_cpt_demo(opts, _settings(args), bar, say)
+    bar.close()
+    if args.json:
+        dump_json(report)
     return 0
 
 
