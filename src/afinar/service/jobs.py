@@ -79,8 +79,8 @@ def bedrock_id(registry_id: str) -> str:
 
 
 def registry_id(ident: str) -> str | None:
-    for rid in BUILTIN_MODELS:
-        if ident in (rid, bedrock_id(rid)):
+    for rid, e in BUILTIN_MODELS.items():
+        if e.kind == "causal-lm" and ident in (rid, bedrock_id(rid)):
             return rid
     return None
 
@@ -389,7 +389,8 @@ class JobService:
         """Registry models, then aliases (a cloud id mapped to a local model)."""
         out = {}
         for mid, e in BUILTIN_MODELS.items():
-            out[bedrock_id(mid)] = self._foundation(bedrock_id(mid), e.name, e.provider)
+            if e.kind == "causal-lm":  # what the customization jobs train
+                out[bedrock_id(mid)] = self._foundation(bedrock_id(mid), e.name, e.provider)
         for alias, target in sorted(self.settings.model_aliases.items()):
             e = BUILTIN_MODELS.get(target)
             out[alias] = self._foundation(alias, f"{alias} -> {e.name if e else target}",

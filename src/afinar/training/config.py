@@ -25,10 +25,13 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    type: Literal["sft", "cpt"] = Field(
+    type: Literal["sft", "cpt", "classify"] = Field(
         "sft", description="sft: supervised fine-tuning on prompt/answer data; cpt: continued "
         "pre-training on a corpus (.jsonl of {\"input\"}/{\"text\"}, .txt/.md files or a "
-        "folder), packed into blocks of max_length tokens.")
+        "folder), packed into blocks of max_length tokens; classify: a sequence-classification "
+        "head trained on {\"text\", \"label\"} data (e.g. base model all-minilm-l6-v2).")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="classify: weight the loss by inverse class frequency.")
     train_data: str = Field(..., description="Training data file (JSONL, JSON, CSV or Parquet; "
                             "for cpt also .txt/.md files or a folder).")
     validation_data: str | None = Field(None, description="Optional validation data file.")

@@ -44,6 +44,7 @@ def export_run(trainer, result, model) -> Path:
         "metrics": {"train_loss": result.train_loss, "first_train_loss": result.first_loss,
                     "validation": result.validation, "steps": result.steps,
                     "initial_validation": result.initial_validation,
+                    "classification": result.classification,
                     "tokens_per_second": round(result.tokens_per_second, 1),
                     "train_seconds": round(result.seconds, 1)},
         "artifacts": {"adapter": str(out / "adapter") if cfg.method == "lora" else None,
@@ -70,7 +71,12 @@ def _merge(trainer, adapter: Path, target: Path) -> Path:
 
     from afinar.models.loading import load_causal_lm
 
-    base = load_causal_lm(trainer.resolved.path, torch.float32, "cpu")
+    if trainer.cfg.type == "classify":
+        from afinar.training.classify import load_classifier
+        base = load_classifier(trainer.resolved.path, trainer.train.labels, torch.float32, "cpu",
+                               trainer.tokenizer.pad_token_id)
+    else:
+        base = load_causal_lm(trainer.resolved.path, torch.float32, "cpu")
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.config.use_cache = True
     merged.save_pretrained(str(target))
@@ -98,6 +104,10 @@ def model_card(r: dict) -> str:
     lines += ["", "## Metrics", "",
               f"- training loss: {m['first_train_loss']:.4f} (first step) -> "
               f"{m['train_loss']:.4f} (last step), {m['steps']} steps"]
+    if m.get("classification"):
+        c = m["classification"]
+        lines.append(f"- validation accuracy {c['accuracy']:.3f}, macro-F1 {c['macro_f1']:.3f} "
+                     f"(majority class {c['majority_baseline']:.3f}), labels {c['labels']}")
     if m.get("initial_validation"):
         iv = m["initial_validation"]
         lines.append(f"- held-out perplexity before training {iv['perplexity']:.3f} "

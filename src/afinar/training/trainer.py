@@ -51,6 +51,7 @@ class TrainResult:
     model_dir: Path | None = None
     warnings: list[str] = field(default_factory=list)
     initial_validation: dict | None = None  # cpt: held-out metrics before training
+    classification: dict | None = None  # classify: accuracy, macro-F1, confusion matrix
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -62,11 +63,16 @@ def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: TrainConfig, resolved: ResolvedModel, dtype: torch.dtype, device: str):
+def build_model(cfg: TrainConfig, resolved: ResolvedModel, dtype: torch.dtype, device: str,
+                labels: list[str] | None = None, pad_token_id: int | None = None):
     # LoRA: frozen base in the compute dtype, adapters fp32 (PEFT's autocast_adapter_dtype).
     # Full: fp32 master weights; bf16 compute comes from autocast.
     base_dtype = dtype if cfg.method == "lora" else torch.float32
-    model = load_causal_lm(resolved.path, base_dtype, device)
+    if cfg.type == "classify":
+        from afinar.training.classify import load_classifier
+        model = load_classifier(resolved.path, labels, base_dtype, device, pad_token_id)
+    else:
+        model = load_causal_lm(resolved.path, base_dtype, device)
     if resolved.adapter_path and resolved.kind == "adapter":
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, resolved.adapter_path).merge_and_unload()
@@ -82,14 +88,17 @@ def build_model(cfg: TrainConfig, resolved: ResolvedModel, dtype: torch.dtype, d
             extra["layers_to_transform"] = list(range(max(0, n_layers - cfg.lora_layers),
                                                       n_layers))
         try:
+            # SEQ_CLS also trains (and saves) the new classification head in full
             model = get_peft_model(model, LoraConfig(
                 r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                target_modules=targets, task_type="CAUSAL_LM", **extra))
+                target_modules=targets,
+                task_type="SEQ_CLS" if cfg.type == "classify" else "CAUSAL_LM", **extra))
         except ValueError as e:
             raise TrainingError(f"cannot apply LoRA: {e}",
                                 hint="check --lora-targets against the model's module names"
                                 ) from e
-    model.config.use_cache = False
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
     return model
 
 
@@ -169,11 +178,19 @@ class Trainer:
         self.resolved = resolve_model(cfg.base_model, self.settings, self.progress)
         tok_dir = self.resolved.base if self.resolved.kind == "adapter" else self.resolved.path
         self.tokenizer = load_tokenizer(tok_dir)
-        from afinar.data.tokenize import ensure_chat_template
-        ensure_chat_template(self.tokenizer)
+        if cfg.type != "classify":
+            from afinar.data.tokenize import ensure_chat_template
+            ensure_chat_template(self.tokenizer)
         # all data problems surface here, before the model is loaded or a step is taken
         self.valid: PreparedData | Corpus | None = None
-        if cfg.type == "cpt":
+        if cfg.type == "classify":
+            from afinar.training.classify import prepare_classification
+            self.train = prepare_classification(cfg.train_data, self.tokenizer, cfg.max_length)
+            if cfg.validation_data:
+                self.valid = prepare_classification(cfg.validation_data, self.tokenizer,
+                                                    cfg.max_length, self.train.labels,
+                                                    role="validation")
+        elif cfg.type == "cpt":
             # streamed into token files next to the run, then read back by memory map
             tokens = self.out / "tokens"
             self.train = prepare_corpus(cfg.train_data, self.tokenizer, cfg.max_length, tokens)
@@ -189,8 +206,15 @@ class Trainer:
         self.warnings += self.train.warnings + (self.valid.warnings if self.valid else [])
         _set_seed(cfg.seed)
         # each process places its model on its own device (cuda:<local rank> under torchrun)
-        self.model = build_model(cfg, self.resolved, self.dtype, str(self.accel.device))
-        self.loss_mod = SelectiveLMLoss(self.model)
+        labels = getattr(self.train, "labels", None)
+        self.model = build_model(cfg, self.resolved, self.dtype, str(self.accel.device),
+                                 labels, self.tokenizer.pad_token_id)
+        if cfg.type == "classify":
+            from afinar.training.classify import ClassifierLoss, balanced_weights
+            weights = balanced_weights(self.train) if cfg.class_weights == "balanced" else None
+            self.loss_mod = ClassifierLoss(self.model, weights)
+        else:
+            self.loss_mod = SelectiveLMLoss(self.model)
         if (cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP")) and not self.fsdp:
             self.warnings.append("fsdp needs 2+ processes (torchrun / accelerate launch); "
                                  "training unsharded")
@@ -204,7 +228,8 @@ class Trainer:
         self.world, self.rank = self.accel.num_processes, self.accel.process_index
         lengths = self.lengths = _lengths(self.train)
         # labelled tokens per example, counted once (the loss is normalised by them each step)
-        self.label_counts = self.train.label_counts() if isinstance(self.train, Corpus) else [
+        self.label_counts = self.train.label_counts() if hasattr(self.train, "label_counts") \
+            else [
             sum(1 for t in e.labels[1:] if t != -100) for e in self.train.encoded]
         n_batches = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.grouping,
                                       self.rank, self.world))
@@ -329,6 +354,8 @@ class Trainer:
         res = TrainResult(self.name, self.out, status, step, self.total_steps, last_loss,
                           first_loss, last_val, tokens * self.world / max(secs, 1e-9), secs,
                           warnings=self.warnings, initial_validation=initial_val)
+        if status == "completed" and self.cfg.type == "classify" and self.valid is not None:
+            res.classification = self.classification_report()
         # under FSDP the full weights exist only once gathered, which every process joins
         gathered = self.trainable_state() if self.fsdp and status == "completed" else None
         if status == "completed" and main:
@@ -364,6 +391,24 @@ class Trainer:
         stats = self.accel.reduce(stats, reduction="sum")
         return float(stats[0] / stats[2].clamp(min=1)), float(stats[1] / stats[2].clamp(
             min=1)), ntok
+
+    @torch.no_grad()
+    def classification_report(self) -> dict:
+        """Accuracy, macro-F1 and the confusion matrix on the validation set (every process
+        computes it: under FSDP a forward needs them all)."""
+        from afinar.training.classify import classification_metrics
+
+        model = self.accel.unwrap_model(self.loss_mod).model
+        model.eval()
+        enc = self.valid.encoded
+        preds = []
+        for s in range(0, len(enc), self.cfg.batch_size):
+            b = self._batch(enc[s:s + self.cfg.batch_size])
+            with self._autocast():
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            preds += logits.argmax(-1).tolist()
+        model.train()
+        return classification_metrics(self.valid.targets(), preds, self.valid.labels)
 
     def _agree_stop(self) -> bool:
         """Stop when asked (callback, or a STOP file in the output directory), and only when
