@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from afinar.errors import ConfigError
 
@@ -30,6 +37,14 @@ class TrainConfig(BaseModel):
         "pre-training on a corpus (.jsonl of {\"input\"}/{\"text\"}, .txt/.md files or a "
         "folder), packed into blocks of max_length tokens; classify: a sequence-classification "
         "head trained on {\"text\", \"label\"} data (e.g. base model all-minilm-l6-v2).")
+    scratch_size: Literal["tiny", "small", "medium"] | None = Field(
+        None, description="cpt only: train a new randomly initialised llama-architecture model "
+        "of this size instead of continuing base_model (method full).")
+    tokenizer: Literal["base", "bpe"] = Field(
+        "base", description="With scratch_size: the base model's tokenizer, or a byte-level "
+        "BPE tokenizer trained on the corpus.")
+    vocab_size: int = Field(8000, ge=300, le=262144,
+                            description="With scratch_size and tokenizer=bpe: vocabulary size.")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="classify: weight the loss by inverse class frequency.")
     train_data: str = Field(..., description="Training data file (JSONL, JSON, CSV or Parquet; "
@@ -88,6 +103,14 @@ class TrainConfig(BaseModel):
     skip_invalid: bool = Field(False, description="Skip invalid records instead of failing.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
 
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.scratch_size and self.type != "cpt":
+            raise ValueError("scratch_size (training from scratch) needs type=cpt: a corpus")
+        if self.scratch_size and self.method != "full":
+            raise ValueError("training from scratch trains every weight: set method=full")
+        return self
+
     @property
     def lr(self) -> float:
         if self.learning_rate is not None:
@@ -102,7 +125,7 @@ class TrainConfig(BaseModel):
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the original."""
-        keys = ("type", "train_data", "base_model", "method", "epochs", "batch_size", "grad_accum",
+        keys = ("type", "scratch_size", "tokenizer", "vocab_size", "train_data", "base_model", "method", "epochs", "batch_size", "grad_accum",
                 "lora_r", "lora_alpha", "lora_targets", "lora_layers", "seed", "max_length", "grouping",
                 "max_steps")
         d = {k: getattr(self, k) for k in keys}

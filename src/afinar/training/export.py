@@ -34,7 +34,7 @@ def export_run(trainer, result, model) -> Path:
         "model_dir": str(out),
         "method": cfg.method,
         "type": cfg.type,
-        "base_model": cfg.base_model,
+        "base_model": trainer.resolved.identifier if cfg.scratch_size else cfg.base_model,
         "base_path": trainer.resolved.path,
         "lineage": list(trainer.resolved.lineage) + [trainer.name],
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -165,17 +165,35 @@ class Trainer:
                 raise CheckpointError(f"nothing to resume in {self.out}: no checkpoint found",
                                       hint="start without --resume")
             return last
-        if self.out.exists() and any(p.name not in ("STOP", "tokens")
+        if self.out.exists() and any(p.name not in ("STOP", "tokens", "init")
                                      for p in self.out.iterdir()):
             raise TrainingError(f"output directory {self.out} already holds a run",
                                 hint="pass --resume to continue it, or choose another "
                                      "--output-dir / --name")
         return None
 
+    def _scratch_model(self) -> ResolvedModel:
+        """A fresh random model (and tokenizer) in <run>/init, made once: a resumed run finds
+        it there."""
+        from afinar.training.scratch import build_initial_model, train_bpe_tokenizer
+
+        cfg, init = self.cfg, self.out / "init"
+        ident = f"scratch:{cfg.scratch_size}"
+        if not (init / "config.json").exists():
+            init.mkdir(parents=True, exist_ok=True)
+            if cfg.tokenizer == "bpe":
+                tok = train_bpe_tokenizer(cfg.train_data, cfg.vocab_size, init)
+            else:
+                base = resolve_model(cfg.base_model, self.settings, self.progress)
+                tok = load_tokenizer(base.base if base.kind == "adapter" else base.path)
+            build_initial_model(cfg, tok, init)
+        return ResolvedModel(ident, "local", str(init), lineage=[ident])
+
     def prepare(self, resume: bool = False):
         cfg = self.cfg
         self.resume_from = self._check_output_dir(resume)
-        self.resolved = resolve_model(cfg.base_model, self.settings, self.progress)
+        self.resolved = self._scratch_model() if cfg.scratch_size else resolve_model(
+            cfg.base_model, self.settings, self.progress)
         tok_dir = self.resolved.base if self.resolved.kind == "adapter" else self.resolved.path
         self.tokenizer = load_tokenizer(tok_dir)
         if cfg.type != "classify":
