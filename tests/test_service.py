@@ -487,7 +487,8 @@ def test_continued_pre_training_job(server):
                             ["red", "green", "blue", "black"] * 16, strict=True)]
     uri = server.put("cpt/text.jsonl", text)
     arn = _create(bedrock, "cpt-1", "m-cpt", uri, customizationType="CONTINUED_PRE_TRAINING",
-                  hp={"epochCount": "2", "batchSize": "8", "learningRate": "0.01"})
+                  hp={"epochCount": "3", "batchSize": "4", "learningRate": "0.01",
+                      "max_length": "64"})
     j = _wait(bedrock, arn)
     assert j["status"] == "Completed", j.get("failureMessage")
     assert j["customizationType"] == "CONTINUED_PRE_TRAINING"
