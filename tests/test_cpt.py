@@ -129,3 +129,26 @@ def test_from_scratch_with_bpe_learns_a_synthetic_language(tmp_path, settings):
     assert len(model.tokenizer) <= 400 + 1
     with pytest.raises(Exception, match="method=full"):
         parse_train_config({"type": "cpt", "scratch_size": "tiny", "train_data": "x"})
+
+
+def test_cpt_resume_equals_uninterrupted(tmp_path, tiny_model_dir, settings):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"input": t} for t in _language(60, 9)])
+
+    def cfg(name):
+        return parse_train_config({
+            "type": "cpt", "train_data": str(corpus), "base_model": str(tiny_model_dir),
+            "max_length": 32, "epochs": 2, "batch_size": 8, "learning_rate": 5e-3,
+            "checkpoint_every": 3, "output_dir": str(tmp_path / name), "name": name,
+            "threads": 2})
+
+    a = train(cfg("a"), settings)
+    n = {"calls": 0}
+
+    def stop_at_4():
+        n["calls"] += 1
+        return n["calls"] == 4
+
+    b1 = train(cfg("b"), settings, should_stop=stop_at_4)
+    assert b1.status == "stopped" and b1.steps == 4
+    b2 = train(cfg("b"), settings, resume=True)
+    assert b2.steps == a.steps and b2.train_loss == pytest.approx(a.train_loss, rel=1e-5)
