@@ -179,7 +179,8 @@ def test_list_paging_filters_and_sort(tmp_path, tiny_model_dir):
     """ListModelCustomizationJobs over a store of 25 jobs: maxResults + nextToken paging visits
     each once, status/name filters and both sort orders."""
     from afinar.config import load_settings
-    from afinar.service.jobs import JobService, set_fields
+    from afinar.jobs.store import set_fields
+    from afinar.serve.bedrock import JobService
 
     srv = Server(tmp_path / "srv", tiny_model_dir)
     svc = JobService(load_settings({"home": srv.home}))
@@ -444,7 +445,7 @@ def test_authentication_when_required(tmp_path, tiny_model_dir):
 def test_non_loopback_bind_without_keys_refused(tmp_path):
     from afinar.config import load_settings
     from afinar.errors import ConfigError
-    from afinar.service.app import serve
+    from afinar.serve.app import serve
 
     with pytest.raises(ConfigError, match="authentication"):
         serve(load_settings({"home": tmp_path, "host": "0.0.0.0"}))
@@ -455,7 +456,7 @@ def test_postgresql_job_store(tmp_path, tiny_model_dir, postgres_url):
     and the event log work."""
     from sqlalchemy import create_engine, text
 
-    from afinar.service import db
+    from afinar.jobs import store as db
 
     srv = Server(tmp_path / "srv", tiny_model_dir, extra_toml=f'database_url = "{postgres_url}"')
     srv.start()

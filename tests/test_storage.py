@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from afinar.config import load_settings
-from afinar.service.storage import Storage, StorageError
+from afinar.storage import Storage, StorageError
 
 
 def test_local_bucket_root_and_allowed_roots(tmp_path):

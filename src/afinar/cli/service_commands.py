@@ -75,7 +75,7 @@ def add_serve(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from afinar.service.app import serve
+    from afinar.serve.app import serve
 
     s = load_settings({"home": args.home, "host": args.host, "port": args.port,
                        "max_concurrent_jobs": args.max_concurrent_jobs})

@@ -1,74 +1,38 @@
-"""Model-customization jobs: the Bedrock operations' logic, the store, and the scheduler.
+"""Bedrock's control-plane operations over afinar's jobs and models.
 
 A job's life: created InProgress with every phase NotStarted, queued; a worker subprocess runs
 validation -> data processing -> training and writes its progress to the store; it ends
 Completed (a custom model is registered), Failed (with a failureMessage) or Stopped. The server
-process never imports torch: everything heavy happens in the worker.
+process never imports torch: everything heavy happens in the worker. Methods take and return the
+dicts of botocore's shapes.
 """
 
 from __future__ import annotations
 
 import base64
-import collections
-import hashlib
 import json
-import os
-import secrets
-import signal
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from afinar.config import Settings
 from afinar.errors import AfinarError
+from afinar.jobs import store as db
+from afinar.jobs.arns import Arns, short_id, slug
+from afinar.jobs.scheduler import MAX_QUEUED, Scheduler
+from afinar.jobs.states import ACTIVE, PHASES
+from afinar.jobs.store import add_event, finish, set_fields
 from afinar.models.registry import (
     BUILTIN_MODELS,
     custom_model_record,
     list_custom_models,
 )
-from afinar.service import db
-from afinar.service.awsproto import ApiError, validation
-from afinar.service.storage import Storage, StorageError
+from afinar.serve.awsproto import ApiError, validation
+from afinar.storage import Storage, StorageError
 
-PHASES = ("validationDetails", "dataProcessingDetails", "trainingDetails")
-ACTIVE = ("InProgress", "Stopping")
-MAX_QUEUED = 1000
-MAX_ATTEMPTS = 3
 DEFAULT_PAGE = 100
 SUPPORTED_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING")
-
-
-def _slug(s: str) -> str:
-    out = "".join(c if c.isalnum() and c.isascii() else "-" for c in s.lower()).strip("-")
-    return out[:63] or "model"
-
-
-def _short_id(seed: str | None = None) -> str:
-    if seed is None:
-        return "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
-    return hashlib.sha256(seed.encode()).hexdigest()[:12]
-
-
-class Arns:
-    def __init__(self, settings: Settings):
-        self.region, self.account = settings.region, settings.account_id
-
-    def foundation(self, model_id: str) -> str:
-        return f"arn:aws:bedrock:{self.region}::foundation-model/{model_id}"
-
-    def job(self, base_model_id: str, job_id: str) -> str:
-        return (f"arn:aws:bedrock:{self.region}:{self.account}:model-customization-job/"
-                f"afinar.{_slug(base_model_id)}/{job_id}")
-
-    def custom(self, base_model_id: str, model_id: str) -> str:
-        return (f"arn:aws:bedrock:{self.region}:{self.account}:custom-model/"
-                f"afinar.{_slug(base_model_id)}/{model_id}")
 
 
 def bedrock_id(registry_id: str) -> str:
@@ -108,7 +72,7 @@ class JobService:
             ident = _tail(ident)
         if ident in self.settings.model_aliases:
             target = self.settings.model_aliases[ident]
-            return target, _slug(ident), self.arns.foundation(ident), target
+            return target, slug(ident), self.arns.foundation(ident), target
         if rid := registry_id(ident):
             return rid, rid, self.arns.foundation(bedrock_id(rid)), rid
         rec = self._custom_record(ident)
@@ -116,7 +80,7 @@ class JobService:
             if rec.get("model_status", "Active") != "Active":
                 raise validation(f"baseModelIdentifier: custom model '{rec['name']}' is not "
                                  f"Active")
-            return rec["name"], _slug(rec.get("base_model_id") or rec["name"]), \
+            return rec["name"], slug(rec.get("base_model_id") or rec["name"]), \
                 self._model_arn(rec), rec["name"]
         available = sorted(BUILTIN_MODELS) + sorted(self.settings.model_aliases) + [
             m["name"] for m in list_custom_models(self.settings)]
@@ -137,7 +101,7 @@ class JobService:
 
     def _model_arn(self, rec: dict) -> str:
         return rec.get("arn") or self.arns.custom(rec.get("base_model") or "custom",
-                                                  _short_id(rec["name"]))
+                                                  short_id(rec["name"]))
 
     # -- CreateModelCustomizationJob -----------------------------------------------------
     def create_job(self, req: dict) -> dict:
@@ -191,7 +155,7 @@ class JobService:
         if self.scheduler and self.scheduler.queued() >= MAX_QUEUED:
             raise ApiError("ServiceQuotaExceededException",
                            f"{MAX_QUEUED} jobs are already queued; wait for some to finish")
-        job_id = _short_id()
+        job_id = short_id()
         now = db.now()
         details = {p: {"status": "NotStarted", "creationTime": now.isoformat(),
                        "lastModifiedTime": now.isoformat()} for p in PHASES}
@@ -323,7 +287,7 @@ class JobService:
         base = rec.get("base_model_id") or rec.get("base_model") or ""
         return {"modelArn": self._model_arn(rec), "modelName": rec["name"],
                 "creationTime": rec.get("created_at"),
-                "baseModelArn": rec.get("base_model_arn") or self.arns.foundation(_slug(base)),
+                "baseModelArn": rec.get("base_model_arn") or self.arns.foundation(slug(base)),
                 "baseModelName": base, "customizationType": rec.get("customization_type",
                                                                     "FINE_TUNING"),
                 "ownerAccountId": self.settings.account_id,
@@ -358,7 +322,7 @@ class JobService:
             recs = [r for r in recs if r["baseModelArn"] == p["foundationModelArnEquals"]]
         if p.get("modelStatus"):
             recs = [r for r in recs if r["modelStatus"] == p["modelStatus"]]
-        from afinar.service.awsproto import parse_timestamp
+        from afinar.serve.awsproto import parse_timestamp
         if p.get("creationTimeAfter"):
             recs = [r for r in recs if parse_timestamp(r["creationTime"]) > p["creationTimeAfter"]]
         if p.get("creationTimeBefore"):
@@ -445,211 +409,3 @@ def _decode_token(token: str | None) -> int:
     except (ValueError, KeyError, TypeError):
         pass
     raise validation("nextToken is not a token this server returned")
-
-
-# -- store helpers (used by the server and the workers) --------------------------------------
-
-def add_event(engine: Engine, job_id: str, message: str, level: str = "INFO") -> None:
-    with engine.begin() as c:
-        c.execute(insert(db.events).values(job_id=job_id, ts=db.now(), level=level,
-                                           message=message))
-
-
-def set_fields(engine: Engine, job_id: str, **fields) -> None:
-    fields["updated_at"] = db.now()
-    with engine.begin() as c:
-        c.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(**fields))
-
-
-def set_phase(engine: Engine, job_id: str, phase: str, status: str) -> None:
-    with engine.begin() as c:
-        row = c.execute(select(db.jobs.c.status_details).where(db.jobs.c.id == job_id)).first()
-        details = dict(row.status_details)
-        now = db.now().isoformat()
-        d = dict(details.get(phase) or {"creationTime": now})
-        d.update(status=status, lastModifiedTime=now)
-        details[phase] = d
-        c.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(
-            status_details=details, updated_at=db.now()))
-
-
-def job_status(engine: Engine, job_id: str) -> str | None:
-    with engine.connect() as c:
-        row = c.execute(select(db.jobs.c.status).where(db.jobs.c.id == job_id)).first()
-    return row.status if row else None
-
-
-def finish(engine: Engine, job_id: str, status: str, failure: str | None = None,
-           note: str | None = None) -> None:
-    """Final state. Phases still running take the job's end state; ones never reached stay
-    NotStarted."""
-    with engine.begin() as c:
-        row = c.execute(select(db.jobs.c.status_details).where(db.jobs.c.id == job_id)).first()
-        details = dict(row.status_details)
-        now = db.now()
-        for p in PHASES:
-            d = dict(details.get(p) or {})
-            if d.get("status") == "InProgress":
-                d.update(status=status, lastModifiedTime=now.isoformat())
-            details[p] = d
-        c.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(
-            status=status, status_details=details, failure_message=failure, end_time=now,
-            updated_at=now, worker_pid=None))
-    msg = f"job {status.lower()}" + (f": {failure}" if failure else "") + (
-        f" ({note})" if note else "")
-    add_event(engine, job_id, msg, "ERROR" if status == "Failed" else "INFO")
-
-
-# -- scheduler -------------------------------------------------------------------------------
-
-def _pdeathsig():  # runs in the child before exec: die with the server
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-class Scheduler:
-    """A bounded FIFO of job ids and at most `max_concurrent_jobs` worker subprocesses.
-
-    Workers die with the server (PR_SET_PDEATHSIG), so after a crash nothing runs unowned; on
-    start, jobs a crash left InProgress go back in the queue and resume from their last
-    checkpoint (up to MAX_ATTEMPTS starts), jobs left Stopping end Stopped.
-    """
-
-    def __init__(self, service: JobService):
-        self.service, self.engine = service, service.engine
-        self.settings = service.settings
-        self.queue: collections.deque[str] = collections.deque()
-        self.running: dict[str, subprocess.Popen] = {}
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="afinar-scheduler", daemon=True)
-
-    def start(self) -> None:
-        self.recover()
-        self.thread.start()
-
-    def shutdown(self) -> None:
-        self.stopped.set()
-        self.wake.set()
-        for p in list(self.running.values()):
-            if p.poll() is None:  # let the worker checkpoint; it resumes on the next start
-                p.send_signal(signal.SIGTERM)
-        deadline = time.time() + 30
-        for p in list(self.running.values()):
-            try:
-                p.wait(max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-    def queued(self) -> int:
-        return len(self.queue)
-
-    def enqueue(self, job_id: str) -> None:
-        with self.lock:
-            self.queue.append(job_id)
-        self.wake.set()
-
-    def dequeue(self, job_id: str) -> bool:
-        with self.lock:
-            if job_id in self.queue:
-                self.queue.remove(job_id)
-                return True
-        return False
-
-    def recover(self) -> None:
-        with self.engine.connect() as c:
-            rows = c.execute(select(db.jobs).where(db.jobs.c.status.in_(ACTIVE)).order_by(
-                db.jobs.c.created_at)).all()
-        for r in rows:
-            if r.worker_pid and _alive(r.worker_pid, r.id):
-                continue  # should not happen (workers die with the server); leave it be
-            if r.status == "Stopping":
-                finish(self.engine, r.id, "Stopped", note="the server restarted while stopping;"
-                       " checkpoints kept")
-            elif r.attempts >= MAX_ATTEMPTS:
-                finish(self.engine, r.id, "Failed", failure=f"the job was interrupted "
-                       f"{r.attempts} times (server restarts or crashes); giving up. Its "
-                       f"checkpoints and logs are kept in {self.settings.jobs_dir / r.id}")
-            else:
-                if r.worker_pid:
-                    set_fields(self.engine, r.id, worker_pid=None)
-                    add_event(self.engine, r.id, "the server restarted while this job ran; "
-                              "it will resume from its last checkpoint", "WARN")
-                self.queue.append(r.id)
-
-    def _loop(self) -> None:
-        while not self.stopped.is_set():
-            self._reap()
-            with self.lock:
-                while self.queue and len(self.running) < self.settings.max_concurrent_jobs:
-                    self._launch(self.queue.popleft())
-            self.wake.wait(0.5)
-            self.wake.clear()
-
-    def _launch(self, job_id: str) -> None:
-        status = job_status(self.engine, job_id)
-        if status == "Stopping":  # stopped between leaving the queue and starting
-            finish(self.engine, job_id, "Stopped", note="stopped before it started")
-        if status != "InProgress":
-            return
-        d = self.settings.jobs_dir / job_id
-        d.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, AFINAR_WORKER_SETTINGS=self.settings.model_dump_json())
-        log = open(d / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-        p = subprocess.Popen([sys.executable, "-m", "afinar.service.worker", job_id], env=env,
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             preexec_fn=_pdeathsig if sys.platform == "linux" else None)
-        log.close()
-        self.running[job_id] = p
-        with self.engine.begin() as c:
-            c.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(
-                worker_pid=p.pid, attempts=db.jobs.c.attempts + 1, updated_at=db.now()))
-        add_event(self.engine, job_id, f"worker started (pid {p.pid})")
-
-    def _reap(self) -> None:
-        if self.stopped.is_set():
-            return  # shutting down: workers checkpoint and the jobs resume on the next start
-        for job_id, p in list(self.running.items()):
-            rc = p.poll()
-            if rc is None:
-                continue
-            del self.running[job_id]
-            status = job_status(self.engine, job_id)
-            if status not in ACTIVE:
-                continue  # the worker recorded its own end
-            if rc < 0:
-                why = f"the worker process was killed by {signal.Signals(-rc).name}"
-            else:
-                why = f"the worker process exited with code {rc} without finishing"
-            log = self.settings.jobs_dir / job_id / "worker.log"
-            tail = _tail_lines(log, 5)
-            end = "Stopped" if status == "Stopping" and rc == 0 else "Failed"
-            finish(self.engine, job_id, end,
-                   failure=None if end == "Stopped" else
-                   f"{why}. Checkpoints and logs are kept in {log.parent}" +
-                   (f"; last log lines: {tail}" if tail else ""))
-
-
-def _alive(pid: int, job_id: str) -> bool:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return job_id.encode() in cmd
-
-
-def _tail_lines(p: Path, n: int) -> str:
-    try:
-        lines = [x for x in p.read_text(errors="replace").splitlines() if x.strip()]
-    except OSError:
-        return ""
-    return " | ".join(lines[-n:])[-1000:]
-
-
-def count_jobs(engine: Engine) -> int:
-    with engine.connect() as c:
-        return c.execute(select(func.count()).select_from(db.jobs)).scalar_one()

@@ -1,4 +1,4 @@
-"""One job, run in its own process: `python -m afinar.service.worker JOB_ID`.
+"""One job, run in its own process: `python -m afinar.jobs.worker JOB_ID`.
 
 validation -> data processing -> training -> outputs, each phase recorded in the store. The job
 directory ($AFINAR_HOME/jobs/<id>) keeps the inputs, checkpoints, logs and the run; a restarted
@@ -17,10 +17,12 @@ from pathlib import Path
 
 from afinar.config import Settings, load_settings
 from afinar.errors import AfinarError, DataError
+from afinar.jobs import store as db
+from afinar.jobs.arns import short_id, slug
+from afinar.jobs.states import IllegalTransition
+from afinar.jobs.store import add_event, finish, job_status, set_fields, set_phase
 from afinar.progress import ProgressEvent
-from afinar.service import db
-from afinar.service.jobs import add_event, finish, job_status, set_fields, set_phase
-from afinar.service.storage import Storage, StorageError
+from afinar.storage import Storage, StorageError
 
 MAX_LISTED_ERRORS = 20
 
@@ -125,7 +127,6 @@ def run(job_id: str, settings: Settings) -> int:
 
         # -- outputs ---------------------------------------------------------------------------
         out_loc = storage.locate(req["outputDataConfig"]["s3Uri"], "outputDataConfig.s3Uri")
-        from afinar.service.jobs import _short_id, _slug
         written = _publish(storage, jobdir / "run", out_loc, job_id, cfg.method)
         add_event(engine, job_id, f"wrote {len(written)} files to "
                   f"{req['outputDataConfig']['s3Uri'].rstrip('/')}/model-customization-job-"
@@ -134,7 +135,7 @@ def run(job_id: str, settings: Settings) -> int:
         rec = custom_model_record(settings, row.output_model_name) or {}
         base_id = row.arn.split("/")[-2].removeprefix("afinar.")
         model_arn = (f"arn:aws:bedrock:{settings.region}:{settings.account_id}:custom-model/"
-                     f"afinar.{_slug(base_id)}/{_short_id(job_id + row.output_model_name)}")
+                     f"afinar.{slug(base_id)}/{short_id(job_id + row.output_model_name)}")
         rec.update(arn=model_arn, base_model_id=base_id, base_model_arn=row.base_model_arn,
                    customization_type=row.customization_type, model_status="Active",
                    bedrock={"jobName": row.name, "jobArn": row.arn,
@@ -147,6 +148,9 @@ def run(job_id: str, settings: Settings) -> int:
                    validation_metrics=vmetrics)
         finish(engine, job_id, "Completed",
                note=f"custom model {row.output_model_name} is Active")
+        return 0
+    except IllegalTransition as e:  # e.g. the job ended elsewhere while this worker ran
+        add_event(engine, job_id, f"worker stopped: {e.message}", "WARN")
         return 0
     except (DataError, StorageError) as e:
         finish(engine, job_id, "Failed", failure=str(e))
@@ -199,7 +203,7 @@ def _publish(storage: Storage, run: Path, out_loc, job_id: str, method: str) -> 
     import shutil
     import tempfile
 
-    from afinar.service.storage import Location
+    from afinar.storage import Location
 
     stage = Path(tempfile.mkdtemp(prefix="afinar-out-"))
     try:

@@ -1,4 +1,5 @@
-"""The job store: SQLAlchemy Core over SQLite (WAL) by default, PostgreSQL given a URL.
+"""The job store: SQLAlchemy Core over SQLite (WAL) by default, PostgreSQL given a URL; and the
+record updates the server and the workers share (status changes checked against states.py).
 
 Schema changes are named migrations applied in order and recorded in `schema_migrations`, so a
 server started on an older home directory upgrades it once, and two servers never apply the
@@ -25,8 +26,11 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Connection, Engine
+
+from afinar.jobs.states import PHASES, check_transition
 
 metadata = MetaData()
 
@@ -130,3 +134,62 @@ def migrate(engine: Engine) -> list[str]:
             conn.execute(insert(migrations_table).values(name=name, applied_at=now()))
             applied_now.append(name)
     return applied_now
+
+
+# -- job records (used by the server and the workers) ----------------------------------------
+
+def add_event(engine: Engine, job_id: str, message: str, level: str = "INFO") -> None:
+    with engine.begin() as c:
+        c.execute(insert(events).values(job_id=job_id, ts=now(), level=level,
+                                           message=message))
+
+
+def set_fields(engine: Engine, job_id: str, **fields) -> None:
+    """Update a job; a status change must be one the state table allows."""
+    fields["updated_at"] = now()
+    with engine.begin() as c:
+        if "status" in fields:
+            cur = c.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar_one()
+            check_transition(job_id, cur, fields["status"])
+        c.execute(update(jobs).where(jobs.c.id == job_id).values(**fields))
+
+
+def set_phase(engine: Engine, job_id: str, phase: str, status: str) -> None:
+    with engine.begin() as c:
+        row = c.execute(select(jobs.c.status_details).where(jobs.c.id == job_id)).first()
+        details = dict(row.status_details)
+        ts = now().isoformat()
+        d = dict(details.get(phase) or {"creationTime": ts})
+        d.update(status=status, lastModifiedTime=ts)
+        details[phase] = d
+        c.execute(update(jobs).where(jobs.c.id == job_id).values(
+            status_details=details, updated_at=now()))
+
+
+def job_status(engine: Engine, job_id: str) -> str | None:
+    with engine.connect() as c:
+        row = c.execute(select(jobs.c.status).where(jobs.c.id == job_id)).first()
+    return row.status if row else None
+
+
+def finish(engine: Engine, job_id: str, status: str, failure: str | None = None,
+           note: str | None = None) -> None:
+    """Final state. Phases still running take the job's end state; ones never reached stay
+    NotStarted."""
+    with engine.begin() as c:
+        row = c.execute(select(jobs.c.status, jobs.c.status_details).where(
+            jobs.c.id == job_id)).first()
+        check_transition(job_id, row.status, status)
+        details = dict(row.status_details)
+        t = now()
+        for p in PHASES:
+            d = dict(details.get(p) or {})
+            if d.get("status") == "InProgress":
+                d.update(status=status, lastModifiedTime=t.isoformat())
+            details[p] = d
+        c.execute(update(jobs).where(jobs.c.id == job_id).values(
+            status=status, status_details=details, failure_message=failure, end_time=t,
+            updated_at=t, worker_pid=None))
+    msg = f"job {status.lower()}" + (f": {failure}" if failure else "") + (
+        f" ({note})" if note else "")
+    add_event(engine, job_id, msg, "ERROR" if status == "Failed" else "INFO")

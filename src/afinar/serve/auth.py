@@ -13,7 +13,7 @@ import ipaddress
 import re
 
 from afinar.config import Settings
-from afinar.service.awsproto import ApiError
+from afinar.serve.awsproto import ApiError
 
 MAX_SKEW = dt.timedelta(minutes=15)
 _AUTH_RE = re.compile(r"AWS4-HMAC-SHA256\s+Credential=([^,\s]+),\s*SignedHeaders=([^,\s]+),"

@@ -17,10 +17,11 @@ from fastapi.responses import JSONResponse, Response
 
 from afinar import __version__
 from afinar.config import Settings
-from afinar.service import auth
-from afinar.service.awsproto import ApiError, Router, error_body, parse_request, serialize_output
-from afinar.service.awsproto import service_model as load_service_model
-from afinar.service.jobs import JobService, Scheduler
+from afinar.jobs.scheduler import Scheduler
+from afinar.serve import auth
+from afinar.serve.awsproto import ApiError, Router, error_body, parse_request, serialize_output
+from afinar.serve.awsproto import service_model as load_service_model
+from afinar.serve.bedrock import JobService
 
 log = logging.getLogger("afinar.server")
 
@@ -47,7 +48,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app):
         if start_scheduler:
-            service.scheduler = Scheduler(service)
+            service.scheduler = Scheduler(settings, service.engine)
             service.scheduler.start()
         yield
         if service.scheduler:
