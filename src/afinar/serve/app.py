@@ -8,17 +8,20 @@ stays small and responsive while workers train.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from afinar import __version__
 from afinar.config import Settings
 from afinar.jobs.scheduler import Scheduler
-from afinar.serve import auth
+from afinar.serve import auth, eventstream
+from afinar.serve import openai as openai_routes
 from afinar.serve.awsproto import ApiError, Router, error_body, parse_request, serialize_output
 from afinar.serve.awsproto import service_model as load_service_model
 from afinar.serve.bedrock import JobService
@@ -43,6 +46,9 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     service = JobService(settings)
     model = load_service_model("bedrock")
     router = Router(model, list(BEDROCK_OPERATIONS))
+    runtime_model = load_service_model("bedrock-runtime")
+    runtime_router = Router(runtime_model, [
+        "Converse", "ConverseStream", "InvokeModel", "InvokeModelWithResponseStream"])
     need_auth = auth.auth_required(settings)
 
     @asynccontextmanager
@@ -53,6 +59,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         yield
         if service.scheduler:
             service.scheduler.shutdown()
+        if "engine" in lazy:
+            lazy["engine"].close()
 
     app = FastAPI(title="afinar", version=__version__, lifespan=lifespan,
                   docs_url="/afinar/docs", openapi_url="/afinar/openapi.json", redoc_url=None)
@@ -84,24 +92,96 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         except ApiError as e:
             return err(e)
 
+    # -- inference: engine, runtime and embedder load on first use (the idle server stays
+    # free of torch) --------------------------------------------------------------------------
+    lazy: dict = {}
+    lazy_lock = threading.Lock()
+
+    def get_engine():
+        with lazy_lock:
+            if "engine" not in lazy:
+                from afinar.inference.engine import Engine
+                lazy["engine"] = Engine(settings)
+            return lazy["engine"]
+
+    def get_runtime():
+        engine = get_engine()
+        with lazy_lock:
+            if "runtime" not in lazy:
+                from afinar.serve.runtime import Runtime
+                lazy["runtime"] = Runtime(engine, service.serving_id)
+            return lazy["runtime"]
+
+    def get_embedder():
+        with lazy_lock:
+            if "embedder" not in lazy:
+                from afinar.inference.embed import Embedder
+                from afinar.models.registry import BUILTIN_MODELS, ensure_builtin
+                path = ensure_builtin(BUILTIN_MODELS["all-minilm-l6-v2"], settings)
+                lazy["embedder"] = Embedder(str(path))
+            return lazy["embedder"]
+
+    @app.middleware("http")
+    async def openai_auth(request: Request, call_next):
+        if need_auth and request.url.path.startswith("/v1/"):
+            key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not any(hmac.compare_digest(key, k) for k in settings.api_keys):
+                return JSONResponse({"error": {"message": "a valid API key is required "
+                                               "(Authorization: Bearer <one of api_keys>)",
+                                               "type": "invalid_request_error",
+                                               "code": "invalid_api_key", "param": None}},
+                                    status_code=401)
+        return await call_next(request)
+
+    app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder))
+
+    @app.get("/afinar/engine")
+    async def engine_stats():
+        e = lazy.get("engine")
+        return {"loaded": e.loaded() if e else {}, "stats": e.stats if e else {},
+                "queued": len(e.pending) if e else 0}
+
+    async def runtime_call(request: Request, op, params):
+        rt = await run_in_threadpool(get_runtime)
+        if op.name == "Converse":
+            result = await run_in_threadpool(rt.converse, params)
+            status, out = serialize_output(op, result)
+            return JSONResponse(out, status_code=status)
+        if op.name == "InvokeModel":
+            data = await run_in_threadpool(rt.invoke, params)
+            return Response(data, media_type="application/json")
+        fn = rt.converse_stream if op.name == "ConverseStream" else rt.invoke_stream
+        events = await run_in_threadpool(fn, params)  # errors before the stream: plain 4xx
+        headers = {"X-Amzn-Bedrock-Content-Type": "application/json"} \
+            if op.name == "InvokeModelWithResponseStream" else {}
+        return StreamingResponse(events, media_type=eventstream.CONTENT_TYPE, headers=headers)
+
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def bedrock(request: Request, path: str):
         body = await request.body()
+        api_model = model
         try:
             await authenticate(request, body)
             raw = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
             raw = raw.split("?", 1)[0]
             hit = router.match(request.method, raw)
             if hit is None:
-                raise ApiError("UnknownOperationException",
-                               f"no operation at {request.method} {raw}", 404)
+                hit = runtime_router.match(request.method, raw)
+                api_model = runtime_model
+                if hit is None:
+                    raise ApiError("UnknownOperationException",
+                                   f"no operation at {request.method} {raw}", 404)
+                op, labels = hit
+                params = parse_request(op, labels, request.url.query, request.headers, body)
+                return await runtime_call(request, op, params)
             op, labels = hit
             params = parse_request(op, labels, request.url.query, request.headers, body)
             result = await run_in_threadpool(BEDROCK_OPERATIONS[op.name], service, params)
             status, out = serialize_output(op, result)
             return JSONResponse(out, status_code=status)
         except ApiError as e:
-            return err(e)
+            status, b, headers = error_body(e, api_model)
+            return JSONResponse(b, status_code=status, headers=headers)
         except Exception as e:  # never a bare 500 page: botocore still gets a modelled error
             log.exception("internal error")
             return err(ApiError("InternalServerException",

@@ -121,6 +121,12 @@ def parse_request(op: OperationModel, labels: dict[str, str], query: str, header
                 params[name] = _from_text(member, headers[wire], name)
         else:
             body_members[wire] = name
+    payload = shape.serialization.get("payload")
+    if payload and shape.members[payload].type_name in ("blob", "string"):
+        # the whole body is one member (InvokeModel's model-specific JSON, for instance)
+        if body:
+            params[payload] = body
+        body = b""
     if body.strip():
         try:
             doc = json.loads(body)

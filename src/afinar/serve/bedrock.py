@@ -348,6 +348,27 @@ class JobService:
         (self.settings.custom_models_dir / f"{rec['name']}.json").unlink(missing_ok=True)
         return {}
 
+    # -- serving -------------------------------------------------------------------------
+    def serving_id(self, model_id: str) -> str:
+        """A runtime modelId (registry or Bedrock id, foundation or custom-model ARN, alias,
+        custom model name) -> the identifier afinar's loader takes."""
+        ident = model_id.strip()
+        if ident.startswith("arn:") and ":custom-model/" in ident:
+            rec = self._custom_record(ident)
+            if rec is None:
+                raise ApiError("ResourceNotFoundException", f"no custom model '{ident}'")
+            return rec["name"]
+        if ident.startswith("arn:") and ":foundation-model/" in ident:
+            ident = _tail(ident)
+        return registry_id(ident) or ident
+
+    def serving_models(self) -> list[str]:
+        """What /v1/models lists: generative base models, aliases, custom models."""
+        base = [rid for rid, e in BUILTIN_MODELS.items() if e.kind == "causal-lm"]
+        custom = [m["name"] for m in list_custom_models(self.settings)
+                  if m.get("type", "sft") != "classify"]
+        return base + sorted(self.settings.model_aliases) + custom
+
     # -- foundation models ---------------------------------------------------------------
     def _foundations(self) -> dict[str, dict]:
         """Registry models, then aliases (a cloud id mapped to a local model)."""

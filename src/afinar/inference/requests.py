@@ -1,0 +1,72 @@
+"""A generation request and the engine's errors: light (no torch), so the HTTP layer can
+import them without loading the engine."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from afinar.errors import AfinarError
+
+
+class Overloaded(AfinarError):
+    """The request queue is full."""
+
+
+class RequestError(AfinarError):
+    """A request the engine cannot serve (unknown model, too long, bad parameters)."""
+
+
+@dataclass
+class GenRequest:
+    model: str
+    messages: list[dict] | None = None  # chat; or:
+    prompt: str | None = None  # raw completion prompt
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    # filled by the engine
+    events: queue.Queue = field(default_factory=queue.Queue)  # ("text", s) | ("done", result)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    created: float = field(default_factory=time.time)
+    text: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    stop_reason: str = "end_turn"
+    key: tuple = ()
+    prompt_ids: list[int] = field(default_factory=list)
+
+    def result(self, timeout: float | None = None) -> GenRequest:
+        """Block until done; returns self with text, token counts and stop_reason."""
+        deadline = None if timeout is None else time.time() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.time())
+            try:
+                kind, val = self.events.get(timeout=left)
+            except queue.Empty:
+                self.cancelled.set()
+                raise TimeoutError(f"generation took longer than {timeout} s") from None
+            if kind == "done":
+                return self
+            if kind == "error":
+                raise val
+
+    def stream(self, timeout: float | None = None):
+        """Yield text pieces as they are generated; cancels the request if abandoned."""
+        try:
+            while True:
+                try:
+                    kind, val = self.events.get(timeout=timeout)
+                except queue.Empty:
+                    raise TimeoutError(f"no token for {timeout} s") from None
+                if kind == "text":
+                    yield val
+                elif kind == "error":
+                    raise val
+                else:
+                    return
+        finally:
+            self.cancelled.set()  # a client that went away frees its batch slot

@@ -1,0 +1,154 @@
+"""Serving: the real server on 127.0.0.1, driven by boto3's `bedrock-runtime` client and the
+`openai` client, on tiny models; a LoRA custom model served next to its base."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import signal
+import urllib.request
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from test_service import Server
+
+from conftest import mapping_rows, write_jsonl
+
+PROMPT = [{"role": "user", "content": [{"text": "Colour of sky?"}]}]
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory, tiny_model_dir):
+    home = tmp_path_factory.mktemp("serving")
+    s = Server(home / "srv", tiny_model_dir)
+    # a LoRA custom model of the tiny base, trained in this home before the server starts
+    import os
+
+    from afinar.config import load_settings
+    from afinar.training.config import parse_train_config
+    from afinar.training.trainer import train
+    old = os.environ.get("AFINAR_HOME")
+    os.environ["AFINAR_HOME"] = str(s.home)
+    try:
+        train(parse_train_config({
+            "train_data": str(write_jsonl(home / "tr.jsonl", mapping_rows(64))),
+            "base_model": str(tiny_model_dir), "name": "tiny-lora", "epochs": 3,
+            "learning_rate": 5e-2, "output_dir": str(s.home / "runs" / "tiny-lora"),
+            "checkpoint_every": 0, "merge": False, "threads": 2}), load_settings())
+    finally:
+        if old is None:
+            os.environ.pop("AFINAR_HOME")
+        else:
+            os.environ["AFINAR_HOME"] = old
+    s.start()
+    yield s
+    s.kill(signal.SIGTERM)
+
+
+def _runtime(srv):
+    return boto3.client("bedrock-runtime", endpoint_url=srv.url, region_name="us-east-1",
+                        aws_access_key_id="x", aws_secret_access_key="y",
+                        config=Config(retries={"max_attempts": 0}, read_timeout=300))
+
+
+def test_converse_stream_and_invoke_agree(srv):
+    rt = _runtime(srv)
+    r = rt.converse(modelId="tiny", messages=PROMPT, inferenceConfig={"maxTokens": 6})
+    text = r["output"]["message"]["content"][0]["text"]
+    assert r["output"]["message"]["role"] == "assistant"
+    assert r["usage"]["outputTokens"] == 6 and r["stopReason"] == "max_tokens"
+    assert r["usage"]["totalTokens"] == r["usage"]["inputTokens"] + 6
+    assert r["metrics"]["latencyMs"] >= 0
+
+    events = list(rt.converse_stream(modelId="tiny", messages=PROMPT,
+                                     inferenceConfig={"maxTokens": 6})["stream"])
+    kinds = [next(iter(e)) for e in events]
+    assert kinds[0] == "messageStart" and kinds[-3:] == ["contentBlockStop", "messageStop",
+                                                         "metadata"]
+    streamed = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events
+                       if "contentBlockDelta" in e)
+    assert streamed == text  # greedy: the same answer, token by token
+    assert events[-1]["metadata"]["usage"]["outputTokens"] == 6
+
+    body = json.dumps({"messages": [{"role": "user", "content": "Colour of sky?"}],
+                       "max_tokens": 6})
+    out = json.loads(rt.invoke_model(modelId="tiny", body=body)["body"].read())
+    assert out["output"] == text and out["usage"]["output_tokens"] == 6
+    chunks = [json.loads(e["chunk"]["bytes"]) for e in rt.invoke_model_with_response_stream(
+        modelId="tiny", body=body)["body"]]
+    assert "".join(c.get("output", "") for c in chunks) == text
+    assert chunks[-1]["stop_reason"] == "max_tokens"
+
+
+def test_custom_lora_model_shares_its_base(srv):
+    rt = _runtime(srv)
+    ask = {"messages": PROMPT, "inferenceConfig": {"maxTokens": 4}}
+    base = rt.converse(modelId="tiny", **ask)["output"]["message"]["content"][0]["text"]
+    tuned = rt.converse(modelId="tiny-lora", **ask)["output"]["message"]["content"][0]["text"]
+    assert tuned != base  # the adapter is applied for the custom model only
+    again = rt.converse(modelId="tiny", **ask)["output"]["message"]["content"][0]["text"]
+    assert again == base  # and disabled again for the base
+    with urllib.request.urlopen(f"{srv.url}/afinar/engine") as r:
+        loaded = json.loads(r.read())["loaded"]
+    assert len(loaded) == 1 and next(iter(loaded.values()))["adapters"] == 1
+
+
+def test_runtime_errors(srv):
+    rt = _runtime(srv)
+    with pytest.raises(rt.exceptions.ResourceNotFoundException):
+        rt.converse(modelId="nope.nothing-v1", messages=PROMPT)
+    with pytest.raises(rt.exceptions.ValidationException, match="limit is 4096"):
+        rt.converse(modelId="tiny", messages=[{"role": "user", "content": [
+            {"text": "word " * 5000}]}])
+    with pytest.raises(rt.exceptions.ValidationException, match="prompt"):
+        rt.invoke_model(modelId="tiny", body=json.dumps({"max_tokens": 3}))
+    with pytest.raises(rt.exceptions.ValidationException, match="between 1 and 1024"):
+        rt.converse(modelId="tiny", messages=PROMPT, inferenceConfig={"maxTokens": 5000})
+
+
+def test_openai_client(srv):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused")
+    ids = [m.id for m in client.models.list().data]
+    assert "smollm2-135m-instruct" in ids and "tiny" in ids and "tiny-lora" in ids
+    msgs = [{"role": "user", "content": "Colour of sky?"}]
+    full = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=5)
+    assert full.choices[0].finish_reason == "length" and full.usage.completion_tokens == 5
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="tiny", messages=msgs, max_tokens=5, stream=True)]
+    assert "".join(pieces) == full.choices[0].message.content
+    comp = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=4)
+    assert comp.usage.completion_tokens == 4
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=msgs)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny", messages=[], max_tokens=3)
+
+    emb = client.embeddings.create(model="all-minilm-l6-v2", input=[
+        "The cat sat on the mat.", "A cat was sitting on a rug.", "Quarterly revenue rose."])
+    v = [d.embedding for d in emb.data]
+    assert len(v[0]) == 384
+
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.2  # a real sentence encoder
+
+
+def test_concurrent_requests_are_batched(srv):
+    rt = _runtime(srv)
+    with urllib.request.urlopen(f"{srv.url}/afinar/engine") as r:
+        before = json.loads(r.read())["stats"]
+    prompts = [[{"role": "user", "content": [{"text": f"Colour of thing {i}?"}]}]
+               for i in range(8)]
+    with cf.ThreadPoolExecutor(8) as ex:
+        outs = list(ex.map(lambda m: rt.converse(modelId="tiny", messages=m,
+                                                 inferenceConfig={"maxTokens": 8}), prompts))
+    assert all(o["usage"]["outputTokens"] == 8 for o in outs)
+    with urllib.request.urlopen(f"{srv.url}/afinar/engine") as r:
+        after = json.loads(r.read())["stats"]
+    assert after["requests"] - before["requests"] == 8
+    assert after["batches"] - before["batches"] < 8  # several requests shared a batch
+    assert after["max_batch_seen"] > 1
