@@ -71,6 +71,13 @@ def test_encoder_classifier_beats_majority_and_predicts(tmp_path, tiny_encoder_d
     assert [p["label"] for p in preds] == ["legal", "sports"]
     assert main(["predict", "--model", "clf", "--data", str(tmp_path / "va.jsonl")]) == 0
     assert "macro-F1" in capsys.readouterr().out
+    # afinar eval picks classification metrics for {"text", "label"} data
+    assert main(["eval", "--model", "clf", "--data", str(tmp_path / "va.jsonl"),
+                 "--output-dir", str(tmp_path / "rep")]) == 0
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["task"] == "classification"
+    assert rep["models"][0]["metrics"]["accuracy"] == pytest.approx(c["accuracy"])
+    assert "Training curves" in (tmp_path / "rep" / "report.html").read_text()
 
 
 def test_causal_lm_classifier_with_lora_and_balanced_weights(tmp_path, tiny_model_dir,

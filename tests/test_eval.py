@@ -51,3 +51,43 @@ def test_evaluate_two_models_reports_differences(tmp_path, settings, tiny_model_
     paths = write_report(rep, tmp_path / "rep")
     md = paths["markdown"].read_text()
     assert "Examples where the models differ" in md and "colors" in md
+
+
+def test_classification_metrics_hand_made():
+    from afinar.training.classify import classification_metrics
+
+    m = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["per_class"]["a"]["f1"] == pytest.approx(0.5)
+    assert m["per_class"]["b"]["f1"] == pytest.approx(0.8)
+    assert m["per_class"]["c"]["f1"] == 0
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8) / 3)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert m["majority_baseline"] == pytest.approx(0.4)
+
+
+def test_text_perplexity_eval_and_html_report(tmp_path, tiny_model_dir, settings):
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from afinar.eval.compare import evaluate, write_report
+
+    docs = ["the cat sees the fish.", "a dog likes a bone and the bird eats seed."]
+    data = write_jsonl(tmp_path / "text.jsonl", [{"text": d} for d in docs])
+    rep = evaluate([str(tiny_model_dir)], str(data), settings)
+    assert rep["task"] == "text"
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for d in docs:  # the definition, by hand
+            ids = tok(d, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            nll += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+            n += ids.shape[1] - 1
+    assert rep["models"][0]["metrics"]["perplexity"] == pytest.approx(math.exp(nll / n),
+                                                                      rel=1e-4)
+    paths = write_report(rep, tmp_path / "rep", "ppl")
+    page = paths["html"].read_text()
+    assert "perplexity" in page and "data:image/png;base64," in page

@@ -31,6 +31,12 @@ class Settings(BaseModel):
     host: str = Field("127.0.0.1", description="Address the server binds.")
     port: int = Field(8080, ge=1, le=65535, description="Port the server binds.")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs that may run at once.")
+    serve_max_batch: int = Field(8, ge=1, le=256, description="Requests generated together "
+                                 "in one batch by the serving engine.")
+    serve_max_queue: int = Field(256, ge=1, description="Requests that may wait for the engine; "
+                                 "more get 429 / ThrottlingException.")
+    serve_memory_mb: int = Field(8192, ge=256, description="Memory budget for loaded base "
+                                 "models; the least recently used is unloaded beyond it.")
     database_url: str | None = Field(None, description="Job store URL (default SQLite in home).")
     region: str = Field("us-east-1", description="Region written into ARNs.")
     account_id: str = Field("000000000000", pattern=r"^[0-9]{12}$",

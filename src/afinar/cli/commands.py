@@ -371,7 +371,14 @@ def cmd_eval(args) -> int:
                       batch_size=args.batch_size, limit=args.limit, progress=bar)
     bar.close()
     if args.output_dir:
-        write_report(report, args.output_dir)
+        runs = {}
+        for m in models:
+            rec = custom_model_record(settings, m)
+            if rec and rec.get("model_dir"):
+                runs[m] = Path(rec["model_dir"])
+        paths = write_report(report, args.output_dir, run_dirs=runs)
+        if not args.json:
+            out(f"report: {paths['markdown']} and {paths['html']}")
     if args.json:
         dump_json(report)
         return 0

@@ -117,7 +117,7 @@ def run_demo(opts: DemoOptions, settings: Settings, progress: ProgressCallback =
     curve = read_training_csv(out / "model")
     extra = _training_md(report["demo"], curve)
     paths = write_report(report, out / "report", "afinar demo: Stripe API calls, base vs "
-                         "fine-tuned", extra_md=extra)
+                         "fine-tuned", extra_md=extra, run_dirs={name: out / "model"})
     report["paths"] = {k: str(v) for k, v in paths.items()} | {"output_dir": str(out),
                                                                "model": str(result.model_dir),
                                                                "name": name}

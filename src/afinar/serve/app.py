@@ -101,7 +101,9 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         with lazy_lock:
             if "engine" not in lazy:
                 from afinar.inference.engine import Engine
-                lazy["engine"] = Engine(settings)
+                lazy["engine"] = Engine(settings, max_batch=settings.serve_max_batch,
+                                        max_queue=settings.serve_max_queue,
+                                        memory_budget_mb=settings.serve_memory_mb)
             return lazy["engine"]
 
     def get_runtime():
