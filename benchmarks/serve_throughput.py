@@ -64,9 +64,10 @@ def baseline(model_dir: Path, n: int, max_tokens: int) -> tuple[float, list[floa
         t = time.perf_counter()
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
-                                 min_new_tokens=max_tokens, pad_token_id=tok.eos_token_id)
+                                 pad_token_id=tok.eos_token_id)
         lat.append(time.perf_counter() - t)
         toks += out.shape[1] - enc["input_ids"].shape[1]
+    print(f"baseline: {toks / n:.1f} output tokens per request on average")
     return toks / (time.perf_counter() - t0), lat
 
 
@@ -150,8 +151,11 @@ def main() -> None:
             el = time.perf_counter() - t0
             tps = sum(r[0] for r in res) / el
             lat = [r[1] for r in res]
+            st = json.loads(urllib.request.urlopen(f"{url}/afinar/engine").read())["stats"]
             print(f"{c:>8}{tps:>10.1f}{tps / base_tps:>7.2f}x{statistics.median(lat):>8.2f}"
-                  f"{pct(lat, 0.95):>8.2f}")
+                  f"{pct(lat, 0.95):>8.2f}   ({sum(r[0] for r in res) / len(res):.1f} tokens "
+                  f"per request; engine so far: {st['requests']} requests in {st['batches']} "
+                  f"batches)")
         for name in adapters:
             ask(1, name)
         five = rss_mb(proc.pid)

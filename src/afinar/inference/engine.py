@@ -35,8 +35,11 @@ class _Base:
     nbytes: int = 0
 
 
+MAX_GATHER_S = 0.25
+
+
 class Engine:
-    def __init__(self, settings: Settings, max_batch: int = 8, batch_window_ms: float = 15,
+    def __init__(self, settings: Settings, max_batch: int = 8, batch_window_ms: float = 30,
                  max_queue: int = 256, max_prompt_tokens: int = 4096,
                  max_output_tokens: int = 1024, memory_budget_mb: int = 8192):
         self.settings = settings
@@ -154,8 +157,20 @@ class Engine:
             if not self.pending:
                 return []
             first = self.pending[0]
-        if time.time() - first.created < self.window:
-            time.sleep(max(0.0, self.window - (time.time() - first.created)))
+        # gather: wait while requests keep arriving (each within `window` of the last), up
+        # to a full batch or MAX_GATHER_S after the first. Clients that submit together then
+        # share a batch, and finish and come back together, instead of splitting into cohorts
+        # that alternate (measured: 8 clients ran as two alternating batches of 4 with a
+        # fixed 15 ms window).
+        while True:
+            with self.lock:
+                same = [r for r in self.pending if r.key == first.key]
+                last = max(r.created for r in same)
+            now = time.time()
+            if (len(same) >= self.max_batch or now - last >= self.window
+                    or now - first.created >= MAX_GATHER_S):
+                break
+            time.sleep(0.003)
         with self.lock:
             batch = [r for r in self.pending if r.key == first.key][: self.max_batch]
             for r in batch:
