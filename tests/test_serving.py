@@ -152,3 +152,34 @@ def test_concurrent_requests_are_batched(srv):
     assert after["requests"] - before["requests"] == 8
     assert after["batches"] - before["batches"] < 8  # several requests shared a batch
     assert after["max_batch_seen"] > 1
+
+
+def test_evaluation_job_route(srv):
+    data = write_jsonl(srv.home / "s3" / "mi-bucket" / "eval.jsonl", mapping_rows(8))
+    assert data.exists()
+
+    def call(method, path, body=None):
+        req = urllib.request.Request(srv.url + path, method=method, data=None if body is None
+                                     else json.dumps(body).encode())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    st, body = call("POST", "/afinar/evaluations", {"models": ["tiny"], "data": "/etc/passwd"})
+    assert st == 400 and "allowed_roots" in body["message"]
+    st, ev = call("POST", "/afinar/evaluations", {
+        "models": ["tiny-lora"], "compareBase": True, "data": "s3://mi-bucket/eval.jsonl"})
+    assert st == 201 and ev["status"] == "InProgress"
+    import time
+    deadline = time.time() + 240
+    while ev["status"] == "InProgress" and time.time() < deadline:
+        time.sleep(1)
+        _, ev = call("GET", f"/afinar/evaluations/{ev['id']}")
+    assert ev["status"] == "Completed", ev
+    assert "tiny-lora" in ev["metrics"] and len(ev["metrics"]) == 2  # and its base
+    assert ev["task"] == "generation" and "exact_match" in ev["metrics"]["tiny-lora"]
+    with urllib.request.urlopen(f"{srv.url}/afinar/evaluations/{ev['id']}/report.html") as r:
+        assert b"data:image/png;base64," in r.read()
+    assert call("GET", "/afinar/evaluations/eval-nope")[0] == 404

@@ -39,15 +39,17 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, device: str = 
 def load_for_inference(resolved: ResolvedModel, dtype: torch.dtype = torch.float32,
                        device: str = "cpu"):
     """Model and left-padding tokenizer, ready for `generate`. Adapter dirs are applied on load."""
-    if resolved.kind == "adapter":
+    adapter_only = resolved.adapter_path and not (Path(resolved.path) / "config.json").exists()
+    if resolved.kind == "adapter" or adapter_only:  # a custom model saved without --merge
         from peft import PeftModel
 
         if not resolved.base:
             raise ModelLoadError(f"adapter '{resolved.path}' does not name its base model",
                                  hint="set base_model_name_or_path in adapter_config.json")
         base = load_causal_lm(resolved.base, dtype, device)
-        model = PeftModel.from_pretrained(base, resolved.path).merge_and_unload()
-        tok_dir = resolved.path if (Path(resolved.path) / "tokenizer_config.json").exists() \
+        adapter = resolved.adapter_path or resolved.path
+        model = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+        tok_dir = adapter if (Path(adapter) / "tokenizer_config.json").exists() \
             else resolved.base
     else:
         model = load_causal_lm(resolved.path, dtype, device)

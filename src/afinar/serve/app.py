@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from afinar import __version__
 from afinar.config import Settings
 from afinar.jobs.scheduler import Scheduler
-from afinar.serve import auth, eventstream
+from afinar.serve import auth, evaluations, eventstream
 from afinar.serve import openai as openai_routes
 from afinar.serve.awsproto import ApiError, Router, error_body, parse_request, serialize_output
 from afinar.serve.awsproto import service_model as load_service_model
@@ -125,7 +125,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
 
     @app.middleware("http")
     async def openai_auth(request: Request, call_next):
-        if need_auth and request.url.path.startswith("/v1/"):
+        if need_auth and request.url.path.startswith(("/v1/", "/afinar/evaluations")):
             key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not any(hmac.compare_digest(key, k) for k in settings.api_keys):
                 return JSONResponse({"error": {"message": "a valid API key is required "
@@ -136,6 +136,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         return await call_next(request)
 
     app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder))
+    app.include_router(evaluations.router(settings))
 
     @app.get("/afinar/engine")
     async def engine_stats():
