@@ -15,11 +15,11 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from afinar.config import Settings
 from afinar.data.readers import write_jsonl
+from afinar.demo import output_dir
 from afinar.progress import ProgressCallback, null_progress
 from afinar.training.config import parse_train_config
 
@@ -69,9 +69,7 @@ def run_cpt_demo(opts: CptDemoOptions, settings: Settings,
 
     t0 = time.time()
     base = opts.base_model or settings.default_model
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = Path(opts.output_dir or settings.home / "demo" / f"cpt-{stamp}").expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out, stamp = output_dir(settings, opts.output_dir, "cpt")
     docs = module_docs(MODULES, opts.chars_per_module)
     held = [m for i, m in enumerate(MODULES) if i % opts.held_out_every == 0]
     trained = [m for m in MODULES if m not in held]

@@ -11,13 +11,12 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
 from afinar.config import Settings
 from afinar.data.check import check_file
 from afinar.data.readers import write_jsonl
 from afinar.data.split import split_file
+from afinar.demo import output_dir
 from afinar.demo.stripe_data import generate
 from afinar.errors import DataError
 from afinar.models.registry import resolve_model
@@ -54,9 +53,7 @@ def run_demo(opts: DemoOptions, settings: Settings, progress: ProgressCallback =
 
     t_start = time.time()
     base = opts.base_model or settings.default_model
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = Path(opts.output_dir or settings.home / "demo" / f"stripe-{stamp}").expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out, stamp = output_dir(settings, opts.output_dir, "stripe")
     timings: dict[str, float] = {}
 
     say(f"[1/6] Base model: {base}")
