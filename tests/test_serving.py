@@ -183,3 +183,26 @@ def test_evaluation_job_route(srv):
     with urllib.request.urlopen(f"{srv.url}/afinar/evaluations/{ev['id']}/report.html") as r:
         assert b"data:image/png;base64," in r.read()
     assert call("GET", "/afinar/evaluations/eval-nope")[0] == 404
+
+
+def test_abandoned_stream_is_cancelled(tiny_model_dir, settings):
+    """A client that stops reading frees its batch row: generation for it stops at once
+    instead of running to max_tokens."""
+    from afinar.inference.engine import Engine
+    from afinar.inference.requests import GenRequest
+
+    engine = Engine(settings, batch_window_ms=1)
+    try:
+        req = engine.submit(GenRequest(model=str(tiny_model_dir), max_tokens=1000,
+                                       messages=[{"role": "user", "content": "Hi"}]))
+        stream = req.stream(timeout=60)
+        next(stream)
+        next(stream)
+        stream.close()  # what Starlette does when the client goes away
+        while True:
+            kind, _ = req.events.get(timeout=60)
+            if kind == "done":
+                break
+        assert req.stop_reason == "cancelled" and req.output_tokens < 1000
+    finally:
+        engine.close()

@@ -242,6 +242,8 @@ class Engine:
                     if ready.startswith(sent[i]) and len(ready) > len(sent[i]):
                         r.events.put(("text", ready[len(sent[i]):]))
                         sent[i] = ready
+                    if r.cancelled.is_set() and not (stop_at >= 0 or hit_eos):
+                        r.stop_reason = "cancelled"  # the client went away (internal only)
                     if stop_at >= 0 or hit_eos or len(gen) >= r.max_tokens or \
                             r.cancelled.is_set():
                         done[i] = True

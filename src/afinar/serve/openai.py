@@ -97,9 +97,9 @@ def router(get_engine, list_models, get_embedder) -> APIRouter:
                     first = False
                     yield _sse({"id": rid, "object": obj + ".chunk" if chat else obj,
                                 "created": created, "model": model, "choices": [choice]})
-                end = ({"index": 0, "delta": {}, "finish_reason": finish[req.stop_reason]}
+                end = ({"index": 0, "delta": {}, "finish_reason": finish.get(req.stop_reason, "stop")}
                        if chat else {"index": 0, "text": "",
-                                     "finish_reason": finish[req.stop_reason]})
+                                     "finish_reason": finish.get(req.stop_reason, "stop")})
                 yield _sse({"id": rid, "object": obj + ".chunk" if chat else obj,
                             "created": created, "model": model, "choices": [end]})
                 yield "data: [DONE]\n\n"
@@ -109,8 +109,8 @@ def router(get_engine, list_models, get_embedder) -> APIRouter:
         except TimeoutError as e:
             return _error(504, str(e), "timeout")
         choice = ({"index": 0, "message": {"role": "assistant", "content": done.text},
-                   "finish_reason": finish[done.stop_reason]} if chat else
-                  {"index": 0, "text": done.text, "finish_reason": finish[done.stop_reason]})
+                   "finish_reason": finish.get(done.stop_reason, "stop")} if chat else
+                  {"index": 0, "text": done.text, "finish_reason": finish.get(done.stop_reason, "stop")})
         return {"id": rid, "object": obj, "created": created, "model": model,
                 "choices": [choice], "usage": {
                     "prompt_tokens": done.input_tokens, "completion_tokens": done.output_tokens,
