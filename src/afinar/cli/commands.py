@@ -31,7 +31,7 @@ def _quiet_libraries() -> None:
 
 # -- data ---------------------------------------------------------------------------------------
 def add_data(sub) -> None:
-    p = sub.add_parser("data", help="check and split data files")
+    p = sub.add_parser("data", help="check, clean and split data files")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     c = dsub.add_parser("check", help="report problems and statistics before any compute")
     c.add_argument("file")
@@ -214,7 +214,8 @@ def cmd_models_show(args) -> int:
 def add_train(sub) -> None:
     from afinar.training.config import BEDROCK_ALIASES, TrainConfig
 
-    p = sub.add_parser("train", help="fine-tune a model (LoRA or full)",
+    p = sub.add_parser("train", help="fine-tune (sft), continue pre-training (cpt), train "
+                       "from scratch or a classifier (LoRA or full)",
                        description="Fine-tune a causal LM. Settings come from --config (YAML) "
                        "then flags; Bedrock names (epochCount, batchSize, learningRate, "
                        "learningRateWarmupSteps) are accepted too.")

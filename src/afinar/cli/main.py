@@ -15,7 +15,8 @@ from afinar.errors import AfinarError
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="afinar", description="Self-hosted model customization: "
-                                "data checks, fine-tuning, evaluation.")
+                                "data checks, fine-tuning, continued pre-training, "
+                                "classification, evaluation and serving.")
     p.add_argument("--version", action="version", version=f"afinar {__version__}")
     p.add_argument("--home", help="home directory (default $AFINAR_HOME or ~/.afinar)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

@@ -65,7 +65,8 @@ def call(fn, **kw):
 
 # -- serve -----------------------------------------------------------------------------------
 def add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="run the Bedrock-compatible customization server")
+    p = sub.add_parser("serve", help="run the server: Bedrock customization jobs, Bedrock "
+                       "runtime and OpenAI-compatible inference")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8080)")
     p.add_argument("--max-concurrent-jobs", type=int, help="jobs that may train at once")
