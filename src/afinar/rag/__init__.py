@@ -1,0 +1,1 @@
+"""Knowledge bases: chunking, embedding, storage, retrieval (issue 6, in progress)."""
