@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from afinar.config import Settings
@@ -168,8 +168,3 @@ def _tail_lines(p: Path, n: int) -> str:
     except OSError:
         return ""
     return " | ".join(lines[-n:])[-1000:]
-
-
-def count_jobs(engine: Engine) -> int:
-    with engine.connect() as c:
-        return c.execute(select(func.count()).select_from(db.jobs)).scalar_one()

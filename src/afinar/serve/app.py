@@ -144,7 +144,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         return {"loaded": e.loaded() if e else {}, "stats": e.stats if e else {},
                 "queued": len(e.pending) if e else 0}
 
-    async def runtime_call(request: Request, op, params):
+    async def runtime_call(op, params):
         rt = await run_in_threadpool(get_runtime)
         if op.name == "Converse":
             result = await run_in_threadpool(rt.converse, params)
@@ -176,7 +176,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
                                    f"no operation at {request.method} {raw}", 404)
                 op, labels = hit
                 params = parse_request(op, labels, request.url.query, request.headers, body)
-                return await runtime_call(request, op, params)
+                return await runtime_call(op, params)
             op, labels = hit
             params = parse_request(op, labels, request.url.query, request.headers, body)
             result = await run_in_threadpool(BEDROCK_OPERATIONS[op.name], service, params)

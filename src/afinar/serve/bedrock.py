@@ -139,7 +139,7 @@ class JobService:
             self.storage.locate(req["outputDataConfig"]["s3Uri"], "outputDataConfig.s3Uri")
         except StorageError as e:
             raise validation(str(e)) from None
-        self._check_hyperparameters(req.get("hyperParameters") or {}, ctype)
+        self._check_hyperparameters(req.get("hyperParameters") or {})
         target, base_id, base_arn, _ = self.resolve_base(req["baseModelIdentifier"])
         name, model_name = req["jobName"], req["customModelName"]
         if custom_model_record(self.settings, model_name) is not None:
@@ -174,7 +174,7 @@ class JobService:
             self.scheduler.enqueue(job_id)
         return {"jobArn": row["arn"]}
 
-    def _check_hyperparameters(self, hp: dict, ctype: str) -> None:
+    def _check_hyperparameters(self, hp: dict) -> None:
         from afinar.training.config import parse_train_config
 
         values = dict(hp)
