@@ -1,32 +1,76 @@
-"""Sentence embeddings with all-MiniLM-L6-v2 (mean pooling over tokens, L2-normalised, as the
-sentence-transformers model is configured), batched."""
+"""Sentence embeddings through sentence-transformers: all-MiniLM-L6-v2 from its PyPI package by
+default (offline), any sentence-transformers model (hub id or local path) otherwise.
+
+Vectors are L2-normalised float32, so cosine similarity is a dot product. The torch thread count
+is set explicitly (`threads`): under contention the default falls sharply on small CPUs.
+"""
 
 from __future__ import annotations
 
 import threading
 
-import torch
+import numpy as np
+
+from afinar.config import Settings
+from afinar.errors import ModelLoadError
+
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+def embedding_model_path(identifier: str, settings: Settings) -> str:
+    """Registry id (or its hub id) -> the installed directory; anything else is passed to
+    sentence-transformers as is (a local path or a hub id)."""
+    from afinar.models.registry import BUILTIN_MODELS, ensure_builtin
+
+    for entry in BUILTIN_MODELS.values():
+        if entry.kind == "encoder" and identifier.lower() in (entry.id, entry.hub_id.lower(),
+                                                              entry.name.lower()):
+            return str(ensure_builtin(entry, settings))
+    return identifier
 
 
 class Embedder:
-    def __init__(self, path: str, max_length: int = 256, batch_size: int = 32):
-        from transformers import AutoModel, AutoTokenizer
+    def __init__(self, path: str, threads: int | None = None, batch_size: int = 64,
+                 device: str | None = None):
+        import torch
+        from sentence_transformers import SentenceTransformer
 
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
-        self.max_length, self.batch_size = max_length, batch_size
+        if threads:
+            torch.set_num_threads(threads)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars on every load
+        try:
+            self.model = SentenceTransformer(path, device=device)
+        except Exception as e:  # OSError, ValueError, ... from the hub/loader
+            raise ModelLoadError(f"cannot load embedding model '{path}': {e}",
+                                 hint="pass a sentence-transformers model directory or hub "
+                                      "id; the default is all-minilm-l6-v2") from e
+        self.tokenizer = self.model.tokenizer
+        self.dim = int(self.model.get_embedding_dimension())
+        self.max_length = int(self.model.max_seq_length)
+        self.batch_size = batch_size
         self.lock = threading.Lock()
 
-    @torch.no_grad()
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        out, n_tok = [], 0
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(N, dim) float32, normalised. Sentence-transformers sorts by length inside the call,
+        so one call over many documents' chunks pads least."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         with self.lock:
-            for s in range(0, len(texts), self.batch_size):
-                enc = self.tok(texts[s:s + self.batch_size], padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt")
-                n_tok += int(enc["attention_mask"].sum())
-                h = self.model(**enc).last_hidden_state  # (B, T, H)
-                m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-                v = (h * m).sum(1) / m.sum(1).clamp(min=1)
-                out += torch.nn.functional.normalize(v, dim=-1).tolist()
-        return out, n_tok
+            v = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                  normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(v, dtype=np.float32)
+
+    def count_tokens(self, texts: list[str]) -> int:
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        return sum(len(x) for x in ids)
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Vectors as lists and the token count (what /v1/embeddings reports)."""
+        return self.encode(texts).tolist(), self.count_tokens(texts)
+
+
+def load_embedder(identifier: str, settings: Settings, batch_size: int = 64) -> Embedder:
+    return Embedder(embedding_model_path(identifier, settings), threads=settings.threads,
+                    batch_size=batch_size)

@@ -67,6 +67,63 @@ events = Table(
     Column("message", Text, nullable=False),
 )
 
+# -- knowledge bases (rag/kb.py) ------------------------------------------------------------
+knowledge_bases = Table(
+    "knowledge_bases", metadata,
+    Column("id", String(10), primary_key=True),
+    Column("arn", String(128), nullable=False, unique=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("description", Text),
+    Column("role_arn", String(2048)),
+    Column("embedding_model", String(2048), nullable=False),
+    Column("config", JSON, nullable=False),  # knowledgeBaseConfiguration, storageConfiguration
+    Column("status", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+data_sources = Table(
+    "kb_data_sources", metadata,
+    Column("id", String(10), primary_key=True),
+    Column("kb_id", String(10), nullable=False, index=True),
+    Column("name", String(100), nullable=False),
+    Column("description", Text),
+    Column("uri", String(2048)),  # a local folder or s3:// prefix; None for CUSTOM sources
+    Column("config", JSON, nullable=False),  # dataSourceConfiguration, vectorIngestion...
+    Column("deletion_policy", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+kb_documents = Table(
+    "kb_documents", metadata,
+    Column("source_id", String(10), primary_key=True),
+    Column("doc_id", String(1024), primary_key=True),  # path in the source, or custom id
+    Column("kb_id", String(10), nullable=False, index=True),
+    Column("uri", String(2048), nullable=False),
+    Column("content_hash", String(64)),
+    Column("metadata_hash", String(64)),
+    Column("doc_metadata", JSON, nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("reason", Text),
+    Column("chunks", Integer, nullable=False, default=0),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+ingestion_jobs = Table(
+    "kb_ingestion_jobs", metadata,
+    Column("id", String(10), primary_key=True),
+    Column("kb_id", String(10), nullable=False),
+    Column("source_id", String(10), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("description", Text),
+    Column("statistics", JSON, nullable=False),
+    Column("failure_reasons", JSON, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 migrations_table = Table(
     "schema_migrations", metadata,
     Column("name", String(128), primary_key=True),
@@ -85,9 +142,15 @@ def _m002_list_index(conn: Connection) -> None:
                       "ON jobs (status, created_at)"))
 
 
+def _m003_knowledge_bases(conn: Connection) -> None:
+    for t in (knowledge_bases, data_sources, kb_documents, ingestion_jobs):
+        t.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m001_initial),
     ("0002_jobs_status_created_index", _m002_list_index),
+    ("0003_knowledge_bases", _m003_knowledge_bases),
 ]
 
 

@@ -117,10 +117,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     def get_embedder():
         with lazy_lock:
             if "embedder" not in lazy:
-                from afinar.inference.embed import Embedder
-                from afinar.models.registry import BUILTIN_MODELS, ensure_builtin
-                path = ensure_builtin(BUILTIN_MODELS["all-minilm-l6-v2"], settings)
-                lazy["embedder"] = Embedder(str(path))
+                from afinar.inference.embed import DEFAULT_EMBEDDING_MODEL, load_embedder
+                lazy["embedder"] = load_embedder(DEFAULT_EMBEDDING_MODEL, settings)
             return lazy["embedder"]
 
     @app.middleware("http")
