@@ -664,8 +664,9 @@ class KnowledgeBases:
             results = self._index(kb, src, entries, stats, null_progress)
             self.store(kb["id"]).maintain()
             self._touch(kb["id"])
+        by_id = {e.doc_id: (e, s, r) for e, s, r in results}  # in the order given
         return [{"doc_id": e.doc_id, "uri": e.uri, "status": s, "reason": r}
-                for e, s, r in results]
+                for e, s, r in (by_id[e.doc_id] for e, _k in entries)]
 
     def delete_documents(self, kb_ident: str, source_ident: str, doc_ids: list[str]
                          ) -> list[dict]:
@@ -674,7 +675,11 @@ class KnowledgeBases:
         t = db.kb_documents
         out = []
         with self._kb_lock(kb["id"]):
-            known = set(self._doc_ids(src["id"]))
+            with self.db.connect() as c:  # a document is named by its id or its URI
+                by_uri = dict(c.execute(select(t.c.uri, t.c.doc_id).where(
+                    t.c.source_id == src["id"])).all())
+            known = set(by_uri.values())
+            doc_ids = [d if d in known else by_uri.get(d, d) for d in doc_ids]
             present = [d for d in doc_ids if d in known]
             if present:
                 self.store(kb["id"]).delete_documents([self._key(src["id"], d) for d in present])

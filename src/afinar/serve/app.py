@@ -25,6 +25,12 @@ from afinar.serve import openai as openai_routes
 from afinar.serve.awsproto import ApiError, Router, error_body, parse_request, serialize_output
 from afinar.serve.awsproto import service_model as load_service_model
 from afinar.serve.bedrock import JobService
+from afinar.serve.knowledge import (
+    AGENT_HANDLERS,
+    AGENT_OPERATIONS,
+    AGENT_RUNTIME_OPERATIONS,
+    KnowledgeService,
+)
 
 log = logging.getLogger("afinar.server")
 
@@ -49,6 +55,11 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     runtime_model = load_service_model("bedrock-runtime")
     runtime_router = Router(runtime_model, [
         "Converse", "ConverseStream", "InvokeModel", "InvokeModelWithResponseStream"])
+    agent_model = load_service_model("bedrock-agent")
+    agent_rt_model = load_service_model("bedrock-agent-runtime")
+    routes = [(router, model, "bedrock"), (runtime_router, runtime_model, "runtime"),
+              (Router(agent_model, list(AGENT_OPERATIONS)), agent_model, "agent"),
+              (Router(agent_rt_model, list(AGENT_RUNTIME_OPERATIONS)), agent_rt_model, "agent")]
     need_auth = auth.auth_required(settings)
 
     @asynccontextmanager
@@ -59,6 +70,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         yield
         if service.scheduler:
             service.scheduler.shutdown()
+        knowledge.close()
         if "engine" in lazy:
             lazy["engine"].close()
 
@@ -133,6 +145,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
                                     status_code=401)
         return await call_next(request)
 
+    knowledge = KnowledgeService(settings, get_engine, service.serving_id, service.engine)
+    app.state.knowledge = knowledge
     app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder))
     app.include_router(evaluations.router(settings))
 
@@ -165,19 +179,23 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
             await authenticate(request, body)
             raw = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
             raw = raw.split("?", 1)[0]
-            hit = router.match(request.method, raw)
+            hit, kind = None, None
+            for rtr, rmodel, rkind in routes:
+                hit = rtr.match(request.method, raw)
+                if hit is not None:
+                    api_model, kind = rmodel, rkind
+                    break
             if hit is None:
-                hit = runtime_router.match(request.method, raw)
-                api_model = runtime_model
-                if hit is None:
-                    raise ApiError("UnknownOperationException",
-                                   f"no operation at {request.method} {raw}", 404)
-                op, labels = hit
-                params = parse_request(op, labels, request.url.query, request.headers, body)
-                return await runtime_call(op, params)
+                raise ApiError("UnknownOperationException",
+                               f"no operation at {request.method} {raw}", 404)
             op, labels = hit
             params = parse_request(op, labels, request.url.query, request.headers, body)
-            result = await run_in_threadpool(BEDROCK_OPERATIONS[op.name], service, params)
+            if kind == "runtime":
+                return await runtime_call(op, params)
+            if kind == "agent":
+                result = await run_in_threadpool(AGENT_HANDLERS[op.name], knowledge, params)
+            else:
+                result = await run_in_threadpool(BEDROCK_OPERATIONS[op.name], service, params)
             status, out = serialize_output(op, result)
             return JSONResponse(out, status_code=status)
         except ApiError as e:
