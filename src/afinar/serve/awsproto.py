@@ -184,6 +184,8 @@ def validate(shape: Shape, value, path: str) -> None:
     field's path in every message (`trainingDataConfig.s3Uri`)."""
     where = path or "request"
     t = shape.type_name
+    if getattr(shape, "is_document_type", False):
+        return  # free-form JSON (a filter value, metadata): checked where it is used
     if t == "structure":
         if not isinstance(value, dict):
             raise validation(f"'{where}' must be an object")
@@ -281,6 +283,8 @@ def _shape_out(shape: Shape, value):
     if value is None:
         return None
     t = shape.type_name
+    if getattr(shape, "is_document_type", False):  # free-form JSON (e.g. metadata values)
+        return value
     if t == "structure":
         out = {}
         for k, member in shape.members.items():
