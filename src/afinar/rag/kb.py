@@ -245,6 +245,7 @@ class KnowledgeBases:
                    chunking_config: dict | None = None, config: dict | None = None,
                    description: str | None = None, deletion_policy: str = "DELETE") -> dict:
         kb = self.get(kb_ident)
+        defaulted = chunking_config is None
         chunking_config = validate_chunking(chunking_config)
         if deletion_policy not in ("DELETE", "RETAIN"):
             raise ConfigError("dataDeletionPolicy must be DELETE or RETAIN")
@@ -266,7 +267,8 @@ class KnowledgeBases:
             c.execute(insert(t).values(
                 id=sid, kb_id=kb["id"], name=name, description=description, uri=uri,
                 config={"dataSourceConfiguration": cfg, "vectorIngestionConfiguration": {
-                    "chunkingConfiguration": chunking_config}},
+                    "chunkingConfiguration": chunking_config},
+                    "defaultChunking": defaulted},
                 deletion_policy=deletion_policy, status="AVAILABLE", created_at=now,
                 updated_at=now))
         return self.get_source(kb["id"], sid)
@@ -412,16 +414,23 @@ class KnowledgeBases:
             yield e
 
     # -- ingestion -----------------------------------------------------------------------------
-    def _chunk_config(self, src: dict) -> dict:
-        return (src["config"].get("vectorIngestionConfiguration") or {}).get(
+    def _chunk_config(self, src: dict, emb) -> dict:
+        cfg = (src["config"].get("vectorIngestionConfiguration") or {}).get(
             "chunkingConfiguration") or DEFAULT_CHUNKING
+        if src["config"].get("defaultChunking") and emb.max_length:
+            # Bedrock's default (300 tokens) assumes an 8k-token embedding model; the default
+            # here never exceeds what the embedding model reads (MiniLM: 256 with [CLS]/[SEP])
+            fixed = dict(cfg["fixedSizeChunkingConfiguration"])
+            fixed["maxTokens"] = min(fixed["maxTokens"], emb.max_length - 2)
+            cfg = {"chunkingStrategy": "FIXED_SIZE", "fixedSizeChunkingConfiguration": fixed}
+        return cfg
 
     def _index(self, kb: dict, src: dict, docs: list[tuple[Entry, str]], stats: SyncStats,
                progress: ProgressCallback, done0: int = 0, total: int | None = None) -> list:
         """Parse, chunk, embed and store documents; returns per-document (entry, status,
         reason). `docs` holds (entry, kind) with kind new | modified."""
         emb, store = self.embedder(kb), self.store(kb["id"])
-        cfg = self._chunk_config(src)
+        cfg = self._chunk_config(src, emb)
         hierarchical = cfg.get("chunkingStrategy") == "HIERARCHICAL"
         results, group, rows, texts = [], [], [], []
         done = done0
