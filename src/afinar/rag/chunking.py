@@ -35,7 +35,7 @@ def _check(name: str, value, lo: int, hi: int | None) -> int:
 
 def _token_spans(text: str, tokenize) -> list[tuple[int, int]]:
     """Character span of each token (tokenizers' offset mapping)."""
-    enc = tokenize(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenize(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     return [tuple(o) for o in enc["offset_mapping"]]
 
 
