@@ -8,7 +8,7 @@ import os
 import sys
 
 from afinar import __version__
-from afinar.cli import commands, kb_commands, service_commands
+from afinar.cli import commands, guide_commands, kb_commands, service_commands
 from afinar.cli.render import err
 from afinar.errors import AfinarError
 
@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="home directory (default $AFINAR_HOME or ~/.afinar)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in commands.REGISTRY + service_commands.REGISTRY + kb_commands.REGISTRY:
+    for register in (commands.REGISTRY + service_commands.REGISTRY + kb_commands.REGISTRY
+                     + guide_commands.REGISTRY):
         register(sub)
     return p
 
