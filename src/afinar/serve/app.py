@@ -21,6 +21,7 @@ from afinar import __version__
 from afinar.config import Settings
 from afinar.jobs.scheduler import Scheduler
 from afinar.serve import auth, evaluations, eventstream
+from afinar.serve import catalog as catalog_routes
 from afinar.serve import openai as openai_routes
 from afinar.serve.awsproto import ApiError, Router, error_body, parse_request, serialize_output
 from afinar.serve.awsproto import service_model as load_service_model
@@ -149,6 +150,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     app.state.knowledge = knowledge
     app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder))
     app.include_router(evaluations.router(settings))
+    app.include_router(catalog_routes.router(settings, service, knowledge, authenticate))
 
     @app.get("/afinar/engine")
     async def engine_stats():
