@@ -11,6 +11,7 @@ import pytest
 
 from afinar.advisor import advise, all_answers, inspect_data, load_rules
 from afinar.errors import ConfigError
+
 from conftest import mapping_rows, write_jsonl
 
 

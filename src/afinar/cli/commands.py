@@ -223,14 +223,58 @@ def add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir "
                    "from its latest checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    g = p.add_argument_group("script mode (SageMaker's training contract: SM_MODEL_DIR, "
+                             "SM_CHANNEL_<NAME>, SM_HPS, ...; --name, --output-dir, "
+                             "--train-data and --validation-data apply too)")
+    g.add_argument("--script", help="run your own training script instead of afinar's trainer")
+    g.add_argument("--source-dir", help="folder holding the script (copied into the job)")
+    g.add_argument("--hyperparameters", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="passed to the script as --KEY VALUE and in SM_HPS")
+    g.add_argument("--channel", action="append", default=[], metavar="NAME=PATH",
+                   help="an input channel (SM_CHANNEL_NAME); repeatable")
     add_model_flags(p, TrainConfig, BEDROCK_ALIASES)
     p.set_defaults(func=cmd_train)
+
+
+def cmd_train_script(args) -> int:
+    from afinar.training.script import ScriptFailed, parse_hyperparameters, run_script
+
+    channels = {}
+    for c in args.channel:
+        if "=" not in c:
+            raise ConfigError(f"--channel '{c}' is not NAME=PATH")
+        k, v = c.split("=", 1)
+        channels[k] = v
+    if getattr(args, "train_data", None):
+        channels.setdefault("train", args.train_data)
+    if getattr(args, "validation_data", None):
+        channels.setdefault("validation", args.validation_data)
+    res = run_script(args.script, _settings(args), source_dir=args.source_dir,
+                     hyperparameters=parse_hyperparameters(args.hyperparameters),
+                     inputs=channels, name=getattr(args, "name", None),
+                     output_dir=getattr(args, "output_dir", None),
+                     stream=None if args.json or args.quiet else
+                     (lambda s: print(s, end="", flush=True)))
+    if args.json:
+        dump_json(res.to_dict())
+    else:
+        out(f"{res.status}: {res.name} (exit {res.exit_code}, {res.seconds:.0f} s); job folder "
+            f"{res.job_dir}")
+        if res.registered:
+            out(f"  custom model '{res.name}' registered from {res.model_dir}")
+        elif res.status == "Completed":
+            out("  the model dir holds no Hugging Face model: nothing registered")
+    if res.status != "Completed":
+        raise ScriptFailed(res.failure_message)
+    return 0
 
 
 def cmd_train(args) -> int:
     from afinar.training.config import TrainConfig, load_yaml_config, parse_train_config
     from afinar.training.trainer import train
 
+    if args.script:
+        return cmd_train_script(args)
     _quiet_libraries()
     values = load_yaml_config(args.config) if args.config else {}
     values.update(collect(args, TrainConfig))
