@@ -39,6 +39,16 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VPY" -c "import torch; assert torch.__version__, 'torch missing'"
   echo "$WANT" > "$STAMP"
 fi
+# the web console's browser tests use Debian's chromium + chromium-driver; install them when
+# missing and we may (root with apt-get); otherwise those tests skip and say why
+if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = "0" ] && [ "${AFINAR_SKIP_CHROMIUM:-0}" != "1" ]; then
+  echo "setup: installing chromium and chromium-driver (apt-get) for the console tests"
+  (apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+    || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends \
+        chromium chromium-driver >/dev/null 2>&1)) \
+    || echo "setup: could not install chromium; the browser tests will be skipped"
+fi
 "$VPY" - <<'PY'
 import torch
 cuda = torch.cuda.is_available()

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from afinar import __version__
 from afinar.config import Settings
 from afinar.jobs.scheduler import Scheduler
-from afinar.serve import auth, evaluations, eventstream
+from afinar.serve import afinar_api, auth, console, evaluations, eventstream
 from afinar.serve import catalog as catalog_routes
 from afinar.serve import openai as openai_routes
 from afinar.serve.awsproto import ApiError, Router, error_body, parse_request, serialize_output
@@ -151,6 +151,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder))
     app.include_router(evaluations.router(settings))
     app.include_router(catalog_routes.router(settings, service, knowledge, authenticate))
+    app.include_router(afinar_api.router(settings, service, authenticate))
+    app.include_router(console.router())
 
     @app.get("/afinar/engine")
     async def engine_stats():

@@ -1,0 +1,137 @@
+"""afinar's own public HTTP routes beside the Bedrock ones (documented in the README; the web
+console uses them as any client would):
+
+- GET  /afinar/jobs/{job}/metrics  step-wise training and validation metrics, as the job runs
+- POST /afinar/uploads?filename=NAME  the request body stored under the bucket root; returns
+       its s3:// URI (for the create-job form)
+- POST /afinar/data/check?filename=NAME  the body checked as a dataset: schema, line-level
+       errors, duplicates, lengths, class balance, size guidance (nothing is stored)
+- GET  /afinar/advise?changing=&labelled=&budget=&specialization=  the advisor's recommendation
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from afinar.errors import AfinarError
+from afinar.serve.awsproto import ApiError
+
+UPLOAD_BUCKET = "afinar-uploads"
+MAX_UPLOAD = 200 * 2**20
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _err(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"message": message, "code": code}, status_code=status)
+
+
+def _read_csv(p: Path) -> list[dict]:
+    if not p.is_file():
+        return []
+    with open(p, newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def router(settings, service, authenticate) -> APIRouter:
+    r = APIRouter(prefix="/afinar")
+
+    @r.get("/jobs/{job}/metrics")
+    async def metrics(job: str, request: Request):
+        from afinar.training.metrics import TRAIN_CSV, VALID_CSV
+        try:
+            await authenticate(request, b"")
+            row = await run_in_threadpool(service._job_row, job)
+        except ApiError as e:
+            return _err(404 if "NotFound" in e.code else 400, e.code, e.message)
+        run = settings.jobs_dir / row.id / "run"
+        return {"jobName": row.name, "status": row.status,
+                "training": _read_csv(run / TRAIN_CSV), "validation": _read_csv(run / VALID_CSV)}
+
+    async def _body(request: Request) -> bytes:
+        body = await request.body()
+        if len(body) > MAX_UPLOAD:
+            raise ApiError("ValidationException", f"the upload is {len(body) / 2**20:.0f} MB; "
+                           f"the limit is {MAX_UPLOAD // 2**20} MB")
+        if not body:
+            raise ApiError("ValidationException", "the request body (the file) is empty")
+        return body
+
+    @r.post("/uploads")
+    async def upload(request: Request, filename: str = "data.jsonl"):
+        try:
+            body = await _body(request)
+            await authenticate(request, body)
+        except ApiError as e:
+            return _err(400 if e.code != "AccessDeniedException" else 403, e.code, e.message)
+        from afinar.storage import Storage
+        name = _SAFE.sub("-", Path(filename).name).strip("-.") or "data.jsonl"
+        key = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S-%f')}/{name}"
+        uri = f"s3://{UPLOAD_BUCKET}/{key}"
+        storage = Storage(settings)
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp) / Path(key).parent
+            d.mkdir(parents=True)
+            (d / name).write_bytes(body)
+            await run_in_threadpool(storage.publish, d,
+                                    storage.locate(f"s3://{UPLOAD_BUCKET}/{Path(key).parent}",
+                                                   "upload"))
+        return {"s3Uri": uri, "bytes": len(body)}
+
+    @r.post("/data/check")
+    async def data_check(request: Request, filename: str = "data.jsonl"):
+        try:
+            body = await _body(request)
+            await authenticate(request, body)
+        except ApiError as e:
+            return _err(400, e.code, e.message)
+        name = _SAFE.sub("-", Path(filename).name).strip("-.") or "data.jsonl"
+        return await run_in_threadpool(_check, body, name)
+
+    def _check(body: bytes, name: str) -> dict | JSONResponse:
+        from afinar.data.check import check_file
+        from afinar.data.readers import read_records
+        from afinar.data.schema import normalize
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / name
+            p.write_bytes(body)
+            try:
+                rep = check_file(p).to_dict()
+                exs = normalize(read_records(p)).examples
+            except AfinarError as e:
+                return _err(400, "ValidationException", str(e))
+        rep["file"] = name
+        for i in rep["errors"]:  # the temporary copy's path means nothing to the user
+            i["file"] = name
+        lengths = [len(e.content_key()) for e in exs]
+        if lengths:  # a histogram of record lengths in characters, 10 bins
+            lo, hi = min(lengths), max(lengths)
+            width = max(1, (hi - lo) // 10 + 1)
+            bins = [0] * 10
+            for n in lengths:
+                bins[min(9, (n - lo) // width)] += 1
+            rep["length_histogram"] = {"unit": "characters", "edges": [
+                lo + i * width for i in range(11)], "counts": bins}
+        return rep
+
+    @r.get("/advise")
+    async def advise(request: Request, changing: str | None = None,
+                     labelled: str | None = None, budget: str | None = None,
+                     specialization: str | None = None):
+        from afinar.advisor import advise as run
+        await authenticate(request, b"")
+        try:
+            return run({"changing": changing, "labelled": labelled, "budget": budget,
+                        "specialization": specialization}).to_dict()
+        except AfinarError as e:
+            return _err(400, "ValidationException", e.message)
+
+    return r
