@@ -27,6 +27,7 @@ from afinar.serve.awsproto import ApiError
 UPLOAD_BUCKET = "afinar-uploads"
 MAX_UPLOAD = 200 * 2**20
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_STEP = re.compile(r"step (\d+)/(\d+)\b")
 
 
 def _err(status: int, code: str, message: str) -> JSONResponse:
@@ -53,7 +54,14 @@ def router(settings, service, authenticate) -> APIRouter:
         except ApiError as e:
             return _err(404 if "NotFound" in e.code else 400, e.code, e.message)
         run = settings.jobs_dir / row.id / "run"
-        return {"jobName": row.name, "status": row.status,
+        events = await run_in_threadpool(service.job_events, job, 0, 100_000)
+        progress = None
+        for e in reversed(events["events"]):  # the worker logs "step N/TOTAL ..." as it trains
+            m = _STEP.match(e["message"])
+            if m:
+                progress = {"step": int(m.group(1)), "total": int(m.group(2))}
+                break
+        return {"jobName": row.name, "status": row.status, "progress": progress,
                 "training": _read_csv(run / TRAIN_CSV), "validation": _read_csv(run / VALID_CSV)}
 
     async def _body(request: Request) -> bytes:

@@ -49,10 +49,15 @@ async function jobsPage() {
     try {
       const d = await api(`/model-customization-jobs?${p}`);
       $("#jobs tbody").innerHTML = d.modelCustomizationJobSummaries.map((j) => `<tr>
-        <td><a href="/console/jobs/${enc(j.jobName)}">${esc(j.jobName)}</a></td><td>${statusBadge(j.status)}</td>
+        <td><a href="/console/jobs/${enc(j.jobName)}">${esc(j.jobName)}</a></td><td>${statusBadge(j.status)} <span class="muted" data-progress="${esc(j.jobName)}"></span></td>
         <td>${esc(j.customizationType)}</td><td>${esc(tail(j.baseModelArn))}</td>
         <td>${j.customModelName ? `<a href="/console/models/${enc(j.customModelName)}">${esc(j.customModelName)}</a>` : ""}</td>
         <td>${esc(fmtTime(j.creationTime))}</td></tr>`).join("") || `<tr><td colspan="6">No jobs yet.</td></tr>`;
+      for (const j of d.modelCustomizationJobSummaries.filter((x) => x.status === "InProgress")) {
+        const m = await api(`/afinar/jobs/${enc(j.jobName)}/metrics`);
+        const el = document.querySelector(`[data-progress="${CSS.escape(j.jobName)}"]`);
+        if (el && m.progress) el.textContent = `step ${m.progress.step}/${m.progress.total}`;
+      }
       showError("");
     } catch (e) { showError(e.message); }
   }
@@ -217,8 +222,17 @@ async function modelPage() {
   const name = $("#page").dataset.model;
   try {
     const m = await api(`/custom-models/${enc(name)}`);
-    const chain = [tail(m.baseModelArn), m.modelName];
-    $("#lineage").innerHTML = `Lineage: ${chain.map(esc).join(" → ")}`;
+    // lineage: walk up while the base is itself a custom model (base -> CPT -> FT)
+    const chain = [m.modelName];
+    let parent = m.baseModelArn;
+    for (let i = 0; i < 10 && parent; i++) {
+      if (!parent.includes(":custom-model/")) { chain.unshift(tail(parent)); break; }
+      const pm = await api(`/custom-models/${enc(parent)}`);
+      chain.unshift(pm.modelName);
+      parent = pm.baseModelArn;
+    }
+    $("#lineage").innerHTML = `Lineage: ${chain.map((c, i) => i < chain.length - 1 && i > 0
+      ? `<a href="/console/models/${enc(c)}">${esc(c)}</a>` : esc(c)).join(" → ")}`;
     dl($("#model-info"), {Name: m.modelName, ARN: m.modelArn, Status: m.modelStatus, Type: m.customizationType,
       "Base model": m.baseModelArn, Job: m.jobName, Created: fmtTime(m.creationTime),
       "Training data": m.trainingDataConfig && m.trainingDataConfig.s3Uri, Artifacts: m.outputDataConfig && m.outputDataConfig.s3Uri});
@@ -394,7 +408,9 @@ async function kbPage() {
         html += esc(text.slice(pos, s.start)) + `<mark title="citation ${i + 1}">${esc(text.slice(s.start, s.end))}</mark><sup>[${i + 1}]</sup>`;
         pos = s.end;
       });
-      $("#answer").innerHTML = html + esc(text.slice(pos));
+      $("#answer").innerHTML = text.trim() ? html + esc(text.slice(pos))
+        : `<span class="muted">(the model returned an empty answer)</span>`;
+      $("#answer").dataset.done = "1";
       $("#citations").innerHTML = r.citations.map((c) => `<li>${c.retrievedReferences.map((ref) => {
         const loc = ref.location.s3Location ? ref.location.s3Location.uri : (ref.location.customDocumentLocation || {}).id;
         return `<strong>${esc(loc)}</strong>: ${esc(ref.content.text.slice(0, 240))}`;
