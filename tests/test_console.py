@@ -154,6 +154,32 @@ def test_console_end_to_end(browser, tmp_path, tiny_model_dir):
         _no_error(drv)
         _shot(drv, "model")
 
+        # -- an evaluation of the custom model against its base, its report rendered
+        drv.get(f"{url}/console/jobs/ui-job")
+        train_uri = _wait(lambda: next(
+            (d.text for d in drv.find_elements(By.CSS_SELECTOR, "#job-info dd")
+             if d.text.startswith("s3://")), None), what="the training data URI")
+        drv.get(f"{url}/console/evaluations")
+        _wait(lambda: len(Select(drv.find_element(By.NAME, "model")).options) > 1,
+              what="models")
+        Select(drv.find_element(By.NAME, "model")).select_by_visible_text("ui-model")
+        drv.find_element(By.NAME, "data").send_keys(train_uri)
+        mx = drv.find_element(By.NAME, "maxExamples")
+        mx.clear()
+        mx.send_keys("4")
+        drv.find_element(By.CSS_SELECTOR, "#eval-form button").click()
+        link = _wait(lambda: drv.find_element(By.LINK_TEXT, "open report"), timeout=240,
+                     what="the evaluation to complete")
+        link.click()
+        frame = _wait(lambda: drv.find_element(By.ID, "report-frame"), what="report frame")
+        drv.switch_to.frame(frame)
+        _wait(lambda: "ui-model" in drv.find_element(By.TAG_NAME, "body").text,
+              what="the report")
+        assert drv.find_elements(By.TAG_NAME, "img")  # its charts
+        drv.switch_to.default_content()
+        _no_error(drv)
+        _shot(drv, "evaluation")
+
         # -- the playground: one prompt, two models, both stream an answer
         drv.get(f"{url}/console/playground?a=tiny&b=ui-model")
         _wait(lambda: len(Select(drv.find_element(By.NAME, "b")).options) > 1, what="models")
@@ -206,8 +232,7 @@ def test_console_end_to_end(browser, tmp_path, tiny_model_dir):
             _shot(drv, "kb")
 
         # -- the other pages render without errors
-        for page, ready in (("advisor", "advise-form"), ("catalog", "recipes"),
-                            ("evaluations", "evals")):
+        for page, ready in (("advisor", "advise-form"), ("catalog", "recipes")):
             drv.get(f"{url}/console/{page}")
             _wait(lambda ready=ready: drv.find_element(By.ID, ready), what=page)
             if page == "catalog":

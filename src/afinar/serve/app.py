@@ -128,11 +128,9 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
             return lazy["runtime"]
 
     def get_embedder():
-        with lazy_lock:
-            if "embedder" not in lazy:
-                from afinar.inference.embed import DEFAULT_EMBEDDING_MODEL, load_embedder
-                lazy["embedder"] = load_embedder(DEFAULT_EMBEDDING_MODEL, settings)
-            return lazy["embedder"]
+        # the knowledge bases' cache: /v1/embeddings and retrieval share one MiniLM
+        from afinar.inference.embed import DEFAULT_EMBEDDING_MODEL
+        return knowledge.kbs.embedder({"embedding_model": DEFAULT_EMBEDDING_MODEL})
 
     @app.middleware("http")
     async def openai_auth(request: Request, call_next):
