@@ -96,6 +96,16 @@ def test_console_end_to_end(browser, tmp_path, tiny_model_dir):
         assert any(r.startswith("3 prompt") for r in rows), rows
         assert "fix the errors" in drv.find_element(By.ID, "summary").text
         _shot(drv, "data-check")
+        # ... or picked in storage
+        (srv.bucket).mkdir(parents=True, exist_ok=True)
+        shutil.copy(bad, srv.bucket / "bad.jsonl")
+        drv.get(f"{url}/console/data")
+        drv.find_element(By.NAME, "s3Uri").send_keys("s3://mi-bucket/bad.jsonl")
+        drv.find_element(By.CSS_SELECTOR, "#check-form button").click()
+        rows = _wait(lambda: [r.text for r in drv.find_elements(By.CSS_SELECTOR,
+                                                                "#errors tbody tr")
+                              if r.text and "No errors" not in r.text], what="error rows")
+        assert any(r.startswith("2 ") and "malformed JSON" in r for r in rows), rows
 
         # -- create a job through the form (file uploaded from this machine)
         train = write_jsonl(tmp_path / "train.jsonl", mapping_rows(64))

@@ -5,7 +5,8 @@ console uses them as any client would):
 - POST /afinar/uploads?filename=NAME  the request body stored under the bucket root; returns
        its s3:// URI (for the create-job form)
 - POST /afinar/data/check?filename=NAME  the body checked as a dataset: schema, line-level
-       errors, duplicates, lengths, class balance, size guidance (nothing is stored)
+       errors, duplicates, lengths, class balance, size guidance (nothing is stored); or
+       ?s3Uri=s3://... to check a dataset already in storage
 - GET  /afinar/advise?changing=&labelled=&budget=&specialization=  the advisor's recommendation
 """
 
@@ -95,14 +96,33 @@ def router(settings, service, authenticate) -> APIRouter:
         return {"s3Uri": uri, "bytes": len(body)}
 
     @r.post("/data/check")
-    async def data_check(request: Request, filename: str = "data.jsonl"):
+    async def data_check(request: Request, filename: str = "data.jsonl",
+                         s3Uri: str | None = None):  # noqa: N803 - Bedrock's spelling
+        """The body is the dataset; or, with `s3Uri`, a dataset already in storage."""
         try:
-            body = await _body(request)
-            await authenticate(request, body)
+            if s3Uri:
+                await authenticate(request, await request.body())
+                body, filename = await run_in_threadpool(_fetch, s3Uri)
+            else:
+                body = await _body(request)
+                await authenticate(request, body)
         except ApiError as e:
             return _err(400, e.code, e.message)
         name = _SAFE.sub("-", Path(filename).name).strip("-.") or "data.jsonl"
         return await run_in_threadpool(_check, body, name)
+
+    def _fetch(uri: str) -> tuple[bytes, str]:
+        from afinar.storage import Storage, StorageError
+        st = Storage(settings)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                p = st.fetch(st.locate(uri, "s3Uri"), Path(tmp), "s3Uri")
+                if p.stat().st_size > MAX_UPLOAD:
+                    raise ApiError("ValidationException", f"{uri} is larger than "
+                                   f"{MAX_UPLOAD // 2**20} MB")
+                return p.read_bytes(), Path(uri).name
+        except StorageError as e:
+            raise ApiError("ValidationException", str(e)) from None
 
     def _check(body: bytes, name: str) -> dict | JSONResponse:
         from afinar.data.check import check_file

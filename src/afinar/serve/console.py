@@ -130,7 +130,8 @@ def router() -> APIRouter:
         return page("data", "Data check", """
 <p>Check a dataset before training: schema, line-level errors, duplicates, lengths, class
 balance and size guidance. Nothing is stored.</p>
-<form id="check-form" class="row"><label>Dataset <input type="file" name="file" required></label>
+<form id="check-form" class="row"><label>Upload a dataset <input type="file" name="file"></label>
+<label>or pick one in storage <input name="s3Uri" placeholder="s3://bucket/train.jsonl" size="40"></label>
 <button type="submit">Check</button></form>
 <section id="report" hidden>
  <p id="summary"></p>

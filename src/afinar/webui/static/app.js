@@ -180,9 +180,13 @@ async function dataPage() {
   let chart = null;
   $("#check-form").addEventListener("submit", async (e) => {
     e.preventDefault();
-    const f = new FormData(e.target).get("file");
+    const fd = new FormData(e.target);
+    const f = fd.get("file"), uri = (fd.get("s3Uri") || "").trim();
     try {
-      const r = await api(`/afinar/data/check?filename=${enc(f.name)}`, {method: "POST", body: f});
+      let r;
+      if (f && f.size) r = await api(`/afinar/data/check?filename=${enc(f.name)}`, {method: "POST", body: f});
+      else if (uri) r = await api(`/afinar/data/check?s3Uri=${enc(uri)}`, {method: "POST", body: ""});
+      else throw new Error("choose a file to upload or give the S3 URI of a dataset");
       $("#report").hidden = false;
       $("#summary").innerHTML = `${r.ok ? "✅ ready to train" : "❌ fix the errors below first"} — ` +
         `${esc(r.valid)} of ${esc(r.records)} records valid, format ${esc(r.format)}, schema ${esc(r.schema || "unknown")}`;
