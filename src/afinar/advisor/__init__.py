@@ -36,7 +36,7 @@ def load_rules(path: Path = RULES_FILE) -> dict:
             if k not in qs:
                 raise ConfigError(f"{path}: rule {r['id']}: unknown question '{k}'")
             for val in v if isinstance(v, list) else [v]:
-                if _norm(val) not in [_norm(c) for c in qs[k]["choices"]]:
+                if norm(val) not in [norm(c) for c in qs[k]["choices"]]:
                     raise ConfigError(f"{path}: rule {r['id']}: '{val}' is not a choice of {k}")
         for a in r["recommend"]:
             if a not in approaches:
@@ -47,7 +47,7 @@ def load_rules(path: Path = RULES_FILE) -> dict:
     return m
 
 
-def _norm(v) -> str:
+def norm(v) -> str:
     # YAML reads yes/no as booleans
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -58,13 +58,13 @@ def all_answers(m: dict | None = None) -> list[dict]:
     m = m or load_rules()
     keys = list(m["questions"])
     return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(
-        *[[_norm(c) for c in m["questions"][k]["choices"]] for k in keys])]
+        *[[norm(c) for c in m["questions"][k]["choices"]] for k in keys])]
 
 
 def match(m: dict, answers: dict) -> dict | None:
     for r in m["rules"]:
-        if all(_norm(answers.get(k)) in ([_norm(x) for x in v] if isinstance(v, list)
-                                         else [_norm(v)]) for k, v in r["when"].items()):
+        if all(norm(answers.get(k)) in ([norm(x) for x in v] if isinstance(v, list)
+                                         else [norm(v)]) for k, v in r["when"].items()):
             return r
     return None
 
@@ -113,11 +113,11 @@ def advise(answers: dict, findings: list[str] | None = None,
     for k, q in m["questions"].items():
         if k not in answers or answers[k] is None:
             raise ConfigError(f"advise: missing answer '{k}' ({q['prompt']})",
-                              hint=f"pass --{k} {'|'.join(map(_norm, q['choices']))}")
-        v = _norm(answers[k])
-        if v not in [_norm(c) for c in q["choices"]]:
+                              hint=f"pass --{k} {'|'.join(map(norm, q['choices']))}")
+        v = norm(answers[k])
+        if v not in [norm(c) for c in q["choices"]]:
             raise ConfigError(f"advise: '{k}' must be one of "
-                              f"{', '.join(map(_norm, q['choices']))}; got {answers[k]!r}")
+                              f"{', '.join(map(norm, q['choices']))}; got {answers[k]!r}")
         clean[k] = v
     unknown = set(answers) - set(m["questions"])
     if unknown:

@@ -32,7 +32,7 @@ def add_advise(sub) -> None:
 
 
 def cmd_advise(args) -> int:
-    from afinar.advisor import advise, inspect_data, load_rules, to_json
+    from afinar.advisor import advise, inspect_data, load_rules, norm, to_json
 
     m = load_rules()
     answers: dict = {}
@@ -59,8 +59,7 @@ def cmd_advise(args) -> int:
     if missing and sys.stdin.isatty() and not args.json:
         for k in missing:
             q = m["questions"][k]
-            choices = [str(c).lower() if not isinstance(c, bool) else ("yes" if c else "no")
-                       for c in q["choices"]]
+            choices = [norm(c) for c in q["choices"]]
             while True:
                 v = input(f"{q['prompt']} [{'/'.join(choices)}]: ").strip().lower()
                 if v in choices:

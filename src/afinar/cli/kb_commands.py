@@ -327,19 +327,9 @@ def cmd_ask(args) -> int:
     return 0
 
 
-def _one_source(kbs, kb: str, source: str | None) -> str:
-    if source:
-        return source
-    sources = kbs.list_sources(kb)
-    if len(sources) != 1:
-        raise ConfigError(f"knowledge base '{kb}' has {len(sources)} data sources; pass "
-                          f"--source")
-    return sources[0]["id"]
-
-
 def cmd_ingest(args) -> int:
     kbs = _kbs(args)
-    src = _one_source(kbs, args.kb, args.source)
+    src = kbs.resolve_source(args.kb, args.source)["id"]
     meta = _json_arg(args.metadata, "--metadata")
     docs = [{"id": str(Path(f)), "uri": str(Path(f).resolve()), "metadata": meta}
             for f in args.files]
@@ -360,7 +350,7 @@ def cmd_ingest(args) -> int:
 
 def cmd_remove(args) -> int:
     kbs = _kbs(args)
-    src = _one_source(kbs, args.kb, args.source)
+    src = kbs.resolve_source(args.kb, args.source)["id"]
     for d in kbs.delete_documents(args.kb, src, args.ids):
         out(f"{'deleted' if d['status'] == 'DELETING' else 'not found'}  {d['doc_id']}")
     return 0

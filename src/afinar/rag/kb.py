@@ -72,6 +72,15 @@ def _hash_obj(obj) -> str | None:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def _record(row) -> dict:
+    """A row as a dict, its timestamps in UTC (SQLite hands them back naive)."""
+    out = dict(row)
+    for k in ("created_at", "updated_at", "started_at"):
+        if k in out:
+            out[k] = db.as_utc(out[k])
+    return out
+
+
 def _no_tokens(text, **_kw):
     return {"offset_mapping": []}
 
@@ -208,16 +217,13 @@ class KnowledgeBases:
         if row is None:
             raise NotFound(f"no knowledge base '{ident}'",
                            hint="`afinar kb list` shows the knowledge bases")
-        out = dict(row)
-        out["created_at"], out["updated_at"] = db.as_utc(out["created_at"]), db.as_utc(
-            out["updated_at"])
-        return out
+        return _record(row)
 
     def list(self) -> list[dict]:
         t = db.knowledge_bases
         with self.db.connect() as c:
             rows = c.execute(select(t).order_by(t.c.created_at)).mappings().all()
-        return [self.get(r["id"]) for r in rows]
+        return [_record(r) for r in rows]
 
     def delete(self, ident: str) -> dict:
         kb = self.get(ident)
@@ -281,18 +287,26 @@ class KnowledgeBases:
                 (t.c.id == ident) | (t.c.name == ident)))).mappings().first()
         if row is None:
             raise NotFound(f"knowledge base '{kb['name']}' has no data source '{ident}'")
-        out = dict(row)
-        out["created_at"], out["updated_at"] = db.as_utc(out["created_at"]), db.as_utc(
-            out["updated_at"])
-        return out
+        return _record(row)
 
     def list_sources(self, kb_ident: str) -> list[dict]:
         kb = self.get(kb_ident)
         t = db.data_sources
         with self.db.connect() as c:
-            ids = c.execute(select(t.c.id).where(t.c.kb_id == kb["id"]).order_by(
-                t.c.created_at)).scalars().all()
-        return [self.get_source(kb["id"], i) for i in ids]
+            rows = c.execute(select(t).where(t.c.kb_id == kb["id"]).order_by(
+                t.c.created_at)).mappings().all()
+        return [_record(r) for r in rows]
+
+    def resolve_source(self, kb_ident: str, ident: str | None = None) -> dict:
+        """A data source by name or id; without one, the knowledge base's only source."""
+        if ident is not None:
+            return self.get_source(kb_ident, ident)
+        sources = self.list_sources(kb_ident)
+        if len(sources) != 1:
+            raise KnowledgeBaseError(f"knowledge base '{kb_ident}' has {len(sources)} data "
+                                     f"sources; name the one to use",
+                                     hint="pass --source NAME_OR_ID")
+        return sources[0]
 
     def delete_source(self, kb_ident: str, ident: str) -> dict:
         src = self.get_source(kb_ident, ident)
@@ -442,17 +456,9 @@ class KnowledgeBases:
             vecs = emb.encode(texts)
             store.delete_documents([self._key(src["id"], e.doc_id) for e, _k, _n in group])
             store.add(rows, vecs)
-            t = db.now()
             with self.db.begin() as c:
                 for e, kind, n in group:
-                    c.execute(delete(db.kb_documents).where(
-                        (db.kb_documents.c.source_id == src["id"])
-                        & (db.kb_documents.c.doc_id == e.doc_id)))
-                    c.execute(insert(db.kb_documents).values(
-                        source_id=src["id"], doc_id=e.doc_id, kb_id=kb["id"], uri=e.uri,
-                        content_hash=e.content_hash, metadata_hash=_hash_obj(e.metadata),
-                        doc_metadata=e.metadata or {}, status="INDEXED", reason=None,
-                        chunks=n, updated_at=t))
+                    self._put_document(c, kb, src, e, "INDEXED", None, n)
                     results.append((e, "INDEXED", None))
                     if kind == "new":
                         stats.new += 1
@@ -502,33 +508,32 @@ class KnowledgeBases:
         flush()
         return results
 
+    @staticmethod
+    def _put_document(c, kb: dict, src: dict, e: Entry, status: str, reason: str | None,
+                      chunks: int) -> None:
+        """Write (replace) a document's record, inside the caller's transaction."""
+        t = db.kb_documents
+        c.execute(delete(t).where((t.c.source_id == src["id"]) & (t.c.doc_id == e.doc_id)))
+        c.execute(insert(t).values(
+            source_id=src["id"], doc_id=e.doc_id, kb_id=kb["id"], uri=e.uri,
+            content_hash=e.content_hash, metadata_hash=_hash_obj(e.metadata),
+            doc_metadata=e.metadata or {}, status=status, reason=reason, chunks=chunks,
+            updated_at=db.now()))
+
     def _fail(self, kb, src, e: Entry, reason: str, stats: SyncStats) -> None:
         """A failed document: its old chunks (if any) stay out of the index."""
         stats.failed += 1
         stats.failures.append(f"{e.doc_id}: {reason}")
         self.store(kb["id"]).delete_documents([self._key(src["id"], e.doc_id)])
         with self.db.begin() as c:
-            c.execute(delete(db.kb_documents).where(
-                (db.kb_documents.c.source_id == src["id"])
-                & (db.kb_documents.c.doc_id == e.doc_id)))
-            c.execute(insert(db.kb_documents).values(
-                source_id=src["id"], doc_id=e.doc_id, kb_id=kb["id"], uri=e.uri,
-                content_hash=e.content_hash, metadata_hash=_hash_obj(e.metadata),
-                doc_metadata=e.metadata or {}, status="FAILED", reason=reason, chunks=0,
-                updated_at=db.now()))
+            self._put_document(c, kb, src, e, "FAILED", reason, 0)
 
     def sync(self, kb_ident: str, source_ident: str | None = None, *,
              progress: ProgressCallback = null_progress, job_id: str | None = None) -> dict:
         """Index what is new or changed in a data source, delete what disappeared. Records an
         ingestion job (so syncs from the CLI show in ListIngestionJobs too)."""
         kb = self.get(kb_ident)
-        if source_ident is None:
-            sources = self.list_sources(kb["id"])
-            if len(sources) != 1:
-                raise KnowledgeBaseError(f"knowledge base '{kb['name']}' has {len(sources)} "
-                                         f"data sources; name the one to sync")
-            source_ident = sources[0]["id"]
-        src = self.get_source(kb["id"], source_ident)
+        src = self.resolve_source(kb["id"], source_ident)
         if job_id is None:
             job_id = self.new_ingestion_job(kb["id"], src["id"])["id"]
         stats = SyncStats()
@@ -616,18 +621,15 @@ class KnowledgeBases:
                             ).mappings().first()
         if row is None:
             raise NotFound(f"no ingestion job '{job_id}' for data source '{src['name']}'")
-        out = dict(row)
-        out["started_at"], out["updated_at"] = db.as_utc(out["started_at"]), db.as_utc(
-            out["updated_at"])
-        return out
+        return _record(row)
 
     def list_ingestion_jobs(self, kb_ident: str, source_ident: str) -> list[dict]:
         src = self.get_source(kb_ident, source_ident)
         t = db.ingestion_jobs
         with self.db.connect() as c:
-            ids = c.execute(select(t.c.id).where(t.c.source_id == src["id"]).order_by(
-                t.c.started_at)).scalars().all()
-        return [self.get_ingestion_job(src["kb_id"], src["id"], i) for i in ids]
+            rows = c.execute(select(t).where(t.c.source_id == src["id"]).order_by(
+                t.c.started_at)).mappings().all()
+        return [_record(r) for r in rows]
 
     def fail_interrupted_jobs(self) -> int:
         """At server start: jobs a previous process left running did not finish."""
@@ -708,9 +710,8 @@ class KnowledgeBases:
         if source_ident:
             q = q.where(t.c.source_id == self.get_source(kb["id"], source_ident)["id"])
         with self.db.connect() as c:
-            rows = [dict(r) for r in c.execute(q.order_by(t.c.source_id, t.c.doc_id)).mappings()]
-        for r in rows:
-            r["updated_at"] = db.as_utc(r["updated_at"])
+            rows = [_record(r) for r in c.execute(q.order_by(t.c.source_id, t.c.doc_id))
+                    .mappings()]
         return rows
 
     # -- retrieval -----------------------------------------------------------------------------

@@ -43,6 +43,18 @@ def _read_csv(p: Path) -> list[dict]:
                 for row in csv.DictReader(f)]
 
 
+def _last_step_event(engine, job_id: str) -> str | None:
+    """The worker's latest "step N/TOTAL ..." event (one row, newest first)."""
+    from sqlalchemy import select
+
+    from afinar.jobs import store as db
+    e = db.events
+    with engine.connect() as c:
+        return c.execute(select(e.c.message).where(
+            (e.c.job_id == job_id) & e.c.message.like("step %")).order_by(
+            e.c.id.desc()).limit(1)).scalar()
+
+
 def router(settings, service, authenticate) -> APIRouter:
     r = APIRouter(prefix="/afinar")
 
@@ -55,13 +67,9 @@ def router(settings, service, authenticate) -> APIRouter:
         except ApiError as e:
             return _err(404 if "NotFound" in e.code else 400, e.code, e.message)
         run = settings.jobs_dir / row.id / "run"
-        events = await run_in_threadpool(service.job_events, job, 0, 100_000)
-        progress = None
-        for e in reversed(events["events"]):  # the worker logs "step N/TOTAL ..." as it trains
-            m = _STEP.match(e["message"])
-            if m:
-                progress = {"step": int(m.group(1)), "total": int(m.group(2))}
-                break
+        last = await run_in_threadpool(_last_step_event, service.engine, row.id)
+        m = _STEP.match(last or "")
+        progress = {"step": int(m.group(1)), "total": int(m.group(2))} if m else None
         return {"jobName": row.name, "status": row.status, "progress": progress,
                 "training": _read_csv(run / TRAIN_CSV), "validation": _read_csv(run / VALID_CSV)}
 
