@@ -195,8 +195,9 @@ def _sync(kbs, kb: str, source: str | None, quiet: bool) -> dict:
 def cmd_create(args) -> int:
     kbs = _kbs(args)
     chunking = chunking_from_args(args)
-    from afinar.rag.kb import validate_chunking
+    from afinar.rag.kb import source_uri, validate_chunking
     validate_chunking(chunking)  # before anything is created
+    source_uri(args.source)
     kb = kbs.create(args.name, args.embedding_model, description=args.description)
     out(f"knowledge base {kb['name']} ({kb['id']}), embeddings: {kb['embedding_model']}")
     if args.source:

@@ -92,6 +92,18 @@ def validate_chunking(config: dict | None) -> dict:
     return config
 
 
+def source_uri(uri: str | None) -> str | None:
+    """A data source's location: an s3:// prefix as given, a local folder made absolute
+    (it must exist), None for a CUSTOM source."""
+    if uri is None or uri.startswith("s3://"):
+        return uri
+    p = Path(uri).expanduser().resolve()
+    if not p.is_dir():
+        raise ConfigError(f"data source '{uri}' is not a folder",
+                          hint="give a folder of documents (or an s3:// prefix)")
+    return str(p)
+
+
 def read_metadata(path: Path, where: str) -> dict:
     """A `<file>.metadata.json` sidecar: {"metadataAttributes": {key: string|number|boolean|
     list of strings}}."""
@@ -255,12 +267,7 @@ class KnowledgeBases:
         chunking_config = validate_chunking(chunking_config)
         if deletion_policy not in ("DELETE", "RETAIN"):
             raise ConfigError("dataDeletionPolicy must be DELETE or RETAIN")
-        if uri is not None and not uri.startswith("s3://"):
-            p = Path(uri).expanduser().resolve()
-            if not p.is_dir():
-                raise ConfigError(f"data source '{uri}' is not a folder",
-                                  hint="give a folder of documents (or an s3:// prefix)")
-            uri = str(p)
+        uri = source_uri(uri)
         with self.db.begin() as c:
             t = db.data_sources
             if c.execute(select(t.c.id).where((t.c.kb_id == kb["id"]) & (t.c.name == name))
