@@ -49,9 +49,12 @@ def test_full_finetune_learns_mapping_exactly(tmp_path, tiny_model_dir, settings
     prompts = [[{"role": "user", "content": f"Colour of {t}?"}] for t in THINGS]
     base = generate(load(str(tiny_model_dir), settings), prompts, max_new_tokens=4)
     assert base != COLORS  # a random model cannot answer
-    cfg = _cfg(tmp_path, tiny_model_dir, rows=160, method="full", epochs=8, learning_rate=1e-2)
+    # fp32 throughout: on a CPU with fast bf16, autocast training and bf16 greedy decoding of a
+    # 64-wide random model land within bf16 rounding of the answer (measured: 2 of 4 right)
+    cfg = _cfg(tmp_path, tiny_model_dir, rows=160, method="full", epochs=8, learning_rate=1e-2,
+               precision="fp32")
     res = train(cfg, settings)
-    tuned = generate(load("tiny-run", settings), prompts, max_new_tokens=4)
+    tuned = generate(load("tiny-run", settings, precision="fp32"), prompts, max_new_tokens=4)
     assert tuned == COLORS, (res, tuned)
 
 

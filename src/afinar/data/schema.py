@@ -6,9 +6,12 @@ supervised data, `text` for unlabelled text, `text` + `label` for classification
 Supported shapes (by the keys present):
 - prompt_completion:     {"prompt", "completion"}
 - instruction:           {"instruction", "input"?, "output"}; input/output may be JSON values
-- messages:              {"messages": [{"role", "content": str}, ...]} (OpenAI style)
+- messages:              {"messages": [{"role", "content": str}, ...]} (OpenAI style), with
+                          optional "tools", assistant "tool_calls", "tool" messages, "weight"
 - bedrock_conversation:  {"schemaVersion": "bedrock-conversation-2024", "system": [{"text"}],
-                          "messages": [{"role", "content": [{"text"}]}]}
+                          "messages": [{"role", "content": [{"text"}]}]}, with optional
+                          "toolConfig" and toolUse / toolResult blocks
+(chat records are normalised and checked by data/chat.py; tools render via data/tools.py)
 - text:                  {"text"}            unlabelled text (continued pre-training)
 - input_text:            {"input"}           Bedrock's continued pre-training format
 - classification:        {"text", "label"}
@@ -21,13 +24,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from afinar.data.chat import BEDROCK_SCHEMA_VERSION, normalize_chat
 from afinar.data.readers import RawRecord, ReadResult
 from afinar.errors import Issue
 
 SUPERVISED = {"prompt_completion", "instruction", "messages", "bedrock_conversation"}
 UNLABELLED = {"text", "input_text"}
 SCHEMAS = sorted(SUPERVISED | UNLABELLED | {"classification"})
-BEDROCK_SCHEMA_VERSION = "bedrock-conversation-2024"
 LABEL_FIELDS = ("label", "labels", "category", "class", "intent")
 
 
@@ -35,15 +38,18 @@ LABEL_FIELDS = ("label", "labels", "category", "class", "intent")
 class Example:
     line: int
     schema: str
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict] | None = None  # canonical chat messages (data/chat.py)
     text: str | None = None
     label: str | None = None
     raw: dict = field(default_factory=dict)
+    tools: list[dict] | None = None  # canonical tools, when the conversation has some
 
     def content_key(self) -> str:
         """Text used for duplicate detection."""
         if self.messages is not None:
-            return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages)
+            return "\n".join(f"{m['role']}: {m['content'] or ''}" + (
+                serialize_value(m["tool_calls"]) if m.get("tool_calls") else "")
+                for m in self.messages)
         return self.text or ""
 
     def prompt_messages(self) -> list[dict[str, str]]:
@@ -53,9 +59,11 @@ class Example:
         return self.messages[:last]
 
     def target(self) -> str:
-        """The last assistant turn (the reference answer)."""
+        """The last assistant turn (the reference answer), tool calls in the tool format."""
+        from afinar.data.tools import assistant_text
+
         assert self.messages is not None
-        return [m for m in self.messages if m["role"] == "assistant"][-1]["content"]
+        return assistant_text([m for m in self.messages if m["role"] == "assistant"][-1])
 
 
 def serialize_value(v: Any) -> str:
@@ -107,68 +115,6 @@ def _str_field(rec: dict, name: str, line: int, issues: list[Issue], *, required
     return v
 
 
-def _chat(rec: dict, line: int, issues: list[Issue], bedrock: bool) -> list[dict] | None:
-    out: list[dict] = []
-    n_before = len(issues)
-    if bedrock:
-        if rec.get("schemaVersion") not in (None, BEDROCK_SCHEMA_VERSION):
-            issues.append(Issue(f"schemaVersion must be '{BEDROCK_SCHEMA_VERSION}'", line,
-                                "schemaVersion", code="wrong_value"))
-        system = rec.get("system", [])
-        if not isinstance(system, list) or not all(
-                isinstance(s, dict) and isinstance(s.get("text"), str) for s in system):
-            issues.append(Issue("'system' must be a list of {\"text\": ...} objects", line,
-                                "system", code="wrong_type"))
-        elif system:
-            out.append({"role": "system", "content": "\n".join(s["text"] for s in system)})
-    msgs = rec.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        issues.append(Issue("'messages' must be a non-empty list", line, "messages",
-                            code="wrong_type" if msgs is not None else "missing"))
-        return None
-    roles = {"user", "assistant"} if bedrock else {"system", "user", "assistant"}
-    for i, m in enumerate(msgs):
-        f = f"messages[{i}]"
-        if not isinstance(m, dict):
-            issues.append(Issue("must be an object with 'role' and 'content'", line, f,
-                                code="wrong_type"))
-            continue
-        role = m.get("role")
-        if role not in roles:
-            issues.append(Issue(f"role must be one of {sorted(roles)}, got {role!r}", line,
-                                f + ".role", code="wrong_value"))
-            continue
-        content = m.get("content")
-        if bedrock:
-            if not isinstance(content, list) or not all(
-                    isinstance(c, dict) and isinstance(c.get("text"), str) for c in content):
-                issues.append(Issue("content must be a list of {\"text\": ...} objects", line,
-                                    f + ".content", code="wrong_type"))
-                continue
-            content = "".join(c["text"] for c in content)
-        elif not isinstance(content, str):
-            issues.append(Issue(f"content must be a string, got {type(content).__name__}", line,
-                                f + ".content", code="wrong_type"))
-            continue
-        if not content.strip():
-            issues.append(Issue("content is empty", line, f + ".content", code="empty"))
-            continue
-        out.append({"role": role, "content": content})
-    if len(issues) > n_before:
-        return None
-    if not any(m["role"] == "assistant" for m in out):
-        issues.append(Issue("no assistant message: nothing to learn from", line, "messages",
-                            code="no_target"))
-        return None
-    if bedrock:
-        turns = [m["role"] for m in out if m["role"] != "system"]
-        if any(a == b for a, b in zip(turns, turns[1:], strict=False)) or turns[0] != "user":
-            issues.append(Issue("messages must alternate user/assistant, starting with user",
-                                line, "messages", code="wrong_order"))
-            return None
-    return out
-
-
 def normalize_record(r: RawRecord, schema: str, issues: list[Issue]) -> Example | None:
     rec, line = r.data, r.line
     n = len(issues)
@@ -192,8 +138,8 @@ def normalize_record(r: RawRecord, schema: str, issues: list[Issue]) -> Example 
         msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": out}]
         return Example(line, schema, msgs, raw=rec)
     if schema in ("messages", "bedrock_conversation"):
-        msgs = _chat(rec, line, issues, bedrock=schema == "bedrock_conversation")
-        return None if msgs is None else Example(line, schema, msgs, raw=rec)
+        got = normalize_chat(rec, line, issues, bedrock=schema == "bedrock_conversation")
+        return None if got is None else Example(line, schema, got[0], raw=rec, tools=got[1])
     if schema in ("text", "input_text"):
         t = _str_field(rec, "text" if schema == "text" else "input", line, issues)
         return None if t is None else Example(line, schema, text=t, raw=rec)

@@ -35,23 +35,29 @@ class Encoded:
         return len(self.input_ids)
 
 
-def render_prompt(tokenizer, messages: list[dict]) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """The generation prompt for canonical messages (tools rendered by data/tools.py)."""
+    from afinar.data.tools import render
+
+    return render(tokenizer, messages, tools)
 
 
 def encode_example(tokenizer, ex: Example, max_length: int) -> Encoded:
+    from afinar.data.tools import template_messages
+
     if ex.messages is None:
         return encode_text(tokenizer, ex.text or "", max_length, ex.line)
-    full = tokenizer.apply_chat_template(ex.messages, tokenize=False)
-    # character spans of each assistant turn: from the end of the generation prompt that
-    # precedes it to the end of the rendering that includes it
-    spans = []
-    for i, m in enumerate(ex.messages):
-        if m["role"] != "assistant":
-            continue
-        start = len(render_prompt(tokenizer, ex.messages[:i]))
-        end = len(tokenizer.apply_chat_template(ex.messages[: i + 1], tokenize=False))
-        spans.append((start, end))
+    msgs, kw, weights = template_messages(tokenizer, ex.messages, ex.tools)
+
+    def text(upto: int, gen: bool = False) -> str:
+        return tokenizer.apply_chat_template(msgs[:upto], tokenize=False,
+                                             add_generation_prompt=gen, **kw)
+
+    full = text(len(msgs))
+    # character spans of each assistant turn with weight 1 (its text and tool calls, never
+    # tool results): from the end of the generation prompt that precedes it to the end of the
+    # rendering that includes it
+    spans = [(len(text(i, gen=True)), len(text(i + 1))) for i, w in enumerate(weights) if w]
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = [IGNORE_INDEX] * len(ids)

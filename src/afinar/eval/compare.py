@@ -37,30 +37,32 @@ def load_eval_data(path: str, limit: int | None = None,
 
 def evaluate(models: list[str], data_path: str, settings: Settings, *,
              max_new_tokens: int | None = None, batch_size: int = 16, limit: int | None = None,
-             progress: ProgressCallback = null_progress) -> dict:
+             progress: ProgressCallback = null_progress, precision: str = "auto") -> dict:
     from afinar.inference.generate import generate, load
 
     if not models:
         raise ConfigError("no model to evaluate", hint="pass --model")
     schema = normalize(read_records(data_path)).schema
     if schema in UNLABELLED:
-        return _evaluate_text(models, data_path, settings, limit, progress)
+        return _evaluate_text(models, data_path, settings, limit, progress, precision)
     if schema == "classification":
         return _evaluate_classification(models, data_path, settings, limit, batch_size)
     exs = load_eval_data(data_path, limit)
     prompts = [e.prompt_messages() for e in exs]
+    tools = [e.tools for e in exs]
     refs = [e.target() for e in exs]
     report: dict = {"data": str(data_path), "n": len(exs), "models": [], "examples": []}
     outputs: dict[str, list[str]] = {}
     scores: dict[str, list[dict]] = {}
     for mid in models:
         t0 = time.time()
-        lm = load(mid, settings, progress)
+        lm = load(mid, settings, progress, precision)
         if max_new_tokens is None:
             longest = max(len(lm.tokenizer(r, add_special_tokens=False)["input_ids"])
                           for r in refs)
             max_new_tokens = min(512, int(longest * 1.25) + 8)
         outs = generate(lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        tools=tools,
                         progress=progress, stage=f"eval {mid}")
         agg, per = score_pairs(outs, refs)
         outputs[mid], scores[mid] = outs, per
@@ -95,7 +97,7 @@ def format_table(report: dict) -> str:
     return "\n".join(rows)
 
 
-def _evaluate_text(models, data_path, settings, limit, progress) -> dict:
+def _evaluate_text(models, data_path, settings, limit, progress, precision="auto") -> dict:
     """Perplexity of each model on unlabelled text (documents truncated at 1,024 tokens)."""
     import math
 
@@ -108,7 +110,7 @@ def _evaluate_text(models, data_path, settings, limit, progress) -> dict:
                     "task": "text"}
     for mid in models:
         t0 = time.time()
-        lm = load(mid, settings, progress)
+        lm = load(mid, settings, progress, precision)
         nll, ntok = 0.0, 0
         with torch.no_grad():
             for e in exs:

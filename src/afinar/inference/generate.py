@@ -49,11 +49,13 @@ def load(identifier: str, settings: Settings, progress: ProgressCallback = null_
 @torch.no_grad()
 def generate(lm: LoadedModel, prompts: list[list[dict] | str], max_new_tokens: int = 128,
              batch_size: int = 16, temperature: float = 0.0, top_p: float = 1.0,
-             progress: ProgressCallback = null_progress, stage: str = "generate") -> list[str]:
-    """Generate one answer per prompt (a message list, or a plain user string)."""
+             progress: ProgressCallback = null_progress, stage: str = "generate",
+             tools: list[list[dict] | None] | None = None) -> list[str]:
+    """Generate one answer per prompt (a message list, or a plain user string); `tools`, when
+    given, holds each prompt's tool definitions (rendered as training rendered them)."""
     tok, model = lm.tokenizer, lm.model
-    texts = [render_prompt(tok, [{"role": "user", "content": p}] if isinstance(p, str) else p)
-             for p in prompts]
+    texts = [render_prompt(tok, [{"role": "user", "content": p}] if isinstance(p, str) else p,
+                           tools[i] if tools else None) for i, p in enumerate(prompts)]
     lens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -lens[i])
     outputs: list[str] = [""] * len(texts)
