@@ -361,3 +361,38 @@ def normalize_chat(rec: dict, line: int, issues: list[Issue], bedrock: bool
               "no_target")
         return None
     return msgs, tools
+
+
+def request_conversation(messages: Any, tools: Any, bedrock: bool = False,
+                         system: Any = None) -> tuple[list[dict], list[dict] | None, list[Issue]]:
+    """An inference request's conversation (OpenAI `messages` + `tools`, or Bedrock Converse
+    `messages` + `system` + `toolConfig`) in the canonical shape, with the problems found
+    (field paths as the request spells them). History is not held to the tool schemas."""
+    issues: list[Issue] = []
+    where = _Where(0, issues)
+    canon_tools = None
+    if bedrock:
+        if tools is not None:
+            canon_tools = bedrock_tools(tools, where)
+        rec = {"messages": messages} | ({"system": system} if system is not None else {})
+        msgs = bedrock_messages(rec, where) or []
+    else:
+        if tools is not None:
+            canon_tools = openai_tools(tools, where)
+        msgs = openai_messages(messages, where) or []
+    known: set[str] = set()
+    for i, m in enumerate(msgs):
+        for k, c in enumerate(m.get("tool_calls") or []):
+            f = c.pop("field", "")
+            if c["id"] is None:
+                c["id"] = f"call_{i}_{k}"
+            known.add(c["id"])
+            if not isinstance(c["name"], str) or not isinstance(c["arguments"], dict):
+                where("a tool call needs a function name and an arguments object", f,
+                      "wrong_type")
+        if m["role"] == "tool":
+            f = m.pop("field", f"messages[{i}].tool_call_id")
+            if m["tool_call_id"] not in known:
+                where(f"tool result for '{m['tool_call_id']}', which no earlier assistant tool "
+                      f"call has", f, "unmatched_tool_result")
+    return msgs, canon_tools, issues

@@ -9,6 +9,12 @@
   happens in a StoppingCriteria that also streams each row's new text to its request.
 - Limits: prompt tokens, output tokens, queue length (a full queue is an Overloaded error the
   routes turn into 429 / ThrottlingException).
+- Tools and structured output: prompts render tools as training did (data/tools.py); a forced
+  tool call or a JSON schema is a per-row grammar (inference/constrain.py) masked into the
+  logits at each step, so constrained and free rows, base and adapter requests alike, share a
+  batch; finished text is parsed back into tool calls.
+- Logprobs: the chosen token's log-probability (and the top k) from the distribution the row
+  sampled from (after its grammar mask, before temperature).
 """
 
 from __future__ import annotations
@@ -33,20 +39,32 @@ class _Base:
     tokenizer: object
     adapters: set = field(default_factory=set)
     nbytes: int = 0
+    grammars: object = None  # constrain.Grammars, made on the first constrained request
+
+    def grammar_compiler(self):
+        if self.grammars is None:
+            from afinar.inference.constrain import Grammars
+
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            self.grammars = Grammars(self.tokenizer, vocab)
+        return self.grammars
 
 
 MAX_GATHER_S = 0.25
+MIN_LOGPROB = -9999.0  # OpenAI's floor for impossible tokens (JSON has no -inf)
 
 
 class Engine:
     def __init__(self, settings: Settings, max_batch: int = 8, batch_window_ms: float = 30,
                  max_queue: int = 256, max_prompt_tokens: int = 4096,
-                 max_output_tokens: int = 1024, memory_budget_mb: int = 8192):
+                 max_output_tokens: int = 1024, memory_budget_mb: int = 8192,
+                 precision: str = "auto"):
         self.settings = settings
         self.max_batch, self.window = max_batch, batch_window_ms / 1000
         self.max_queue, self.max_prompt, self.max_output = max_queue, max_prompt_tokens, \
             max_output_tokens
         self.budget = memory_budget_mb * 2**20
+        self.precision = precision  # "auto": bf16 where the hardware has it fast
         self.bases: collections.OrderedDict[str, _Base] = collections.OrderedDict()
         self.routes: dict[str, tuple[str, str | None]] = {}  # model id -> (base path, adapter)
         self.pending: collections.deque[GenRequest] = collections.deque()
@@ -100,7 +118,7 @@ class Engine:
         from afinar.training.runtime import choose_device, choose_dtype
 
         device = choose_device()
-        dtype, _ = choose_dtype("auto", device)
+        dtype, _ = choose_dtype(self.precision, device)
         model = load_causal_lm(path, dtype, device).eval()
         tok = load_tokenizer(path, padding_side="left")
         ensure_chat_template(tok)
@@ -125,13 +143,17 @@ class Engine:
                                f"{req.max_tokens}")
         if not 0 <= req.temperature <= 2 or not 0 < req.top_p <= 1:
             raise RequestError("temperature must be in [0, 2] and top_p in (0, 1]")
+        if req.top_logprobs and not 0 <= req.top_logprobs <= 20:
+            raise RequestError(f"top_logprobs must be between 0 and 20; got {req.top_logprobs}")
         base, adapter = self.resolve(req.model)
         tok = base.tokenizer
         if req.messages is not None:
             from afinar.data.tokenize import render_prompt
-            text = render_prompt(tok, req.messages)
+            # tool_choice "none": the tools are not offered, so the model answers in text
+            text = render_prompt(tok, req.messages, req.tools if req.parse_tools else None)
         else:
             text = req.prompt or ""
+        req.matcher = self._matcher(base, req)
         req.prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
         req.input_tokens = len(req.prompt_ids)
         if req.input_tokens > self.max_prompt:
@@ -140,13 +162,30 @@ class Engine:
         if req.input_tokens == 0:
             raise RequestError("the input is empty")
         req.key = (base.path, adapter, req.temperature > 0, round(req.temperature, 4),
-                   round(req.top_p, 4))
+                   round(req.top_p, 4),
+                   # a seeded request runs alone: its random stream is then its own
+                   None if req.seed is None or req.temperature == 0 else id(req))
         with self.lock:
             if len(self.pending) >= self.max_queue:
                 raise Overloaded(f"{self.max_queue} requests are already waiting; retry later")
             self.pending.append(req)
         self.wake.set()
         return req
+
+    @staticmethod
+    def _matcher(base: _Base, req: GenRequest):
+        """The grammar a request must follow, or None."""
+        from afinar.inference import constrain
+
+        choice = req.tool_choice
+        if req.tools and (choice == "required" or isinstance(choice, dict)):
+            name = choice.get("name") if isinstance(choice, dict) else None
+            grammar = constrain.tool_call_grammar(req.tools, name, req.parallel_tool_calls)
+            return base.grammar_compiler().matcher(grammar, "tool_choice")
+        if req.json_schema is not None or req.json_mode:
+            return base.grammar_compiler().matcher(constrain.json_grammar(req.json_schema),
+                                                   "response_format")
+        return None
 
     def close(self) -> None:
         self.closed = True
@@ -192,7 +231,7 @@ class Engine:
 
     @torch.no_grad()
     def _run(self, batch: list[GenRequest]) -> None:
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         base_path, adapter = batch[0].key[0], batch[0].key[1]
         with self.load_lock:
@@ -215,6 +254,7 @@ class Engine:
                                                      None)) if isinstance(i, int)}
         done = [False] * len(batch)
         sent = [""] * len(batch)
+        rows = _Rows(batch, done, base)
 
         class Rows(StoppingCriteria):
             """Per-row stop + streaming: called after every decoding step."""
@@ -228,6 +268,7 @@ class Engine:
                     gen = input_ids[i, n:].tolist()
                     r.output_tokens = len(gen)
                     hit_eos = bool(gen) and gen[-1] in eos
+                    rows.took(i, gen[-1], hit_eos, tok)
                     text = tok.decode(gen[:-1] if hit_eos else gen, skip_special_tokens=True)
                     stop_at = min((text.find(s) for s in r.stop if s and s in text),
                                   default=-1)
@@ -254,6 +295,10 @@ class Engine:
         kw = {"max_new_tokens": max(r.max_tokens for r in batch), "pad_token_id": pad,
               "eos_token_id": sorted(eos) or None,
               "stopping_criteria": StoppingCriteriaList([Rows()])}
+        if rows.active:
+            kw["logits_processor"] = LogitsProcessorList([rows])
+        if batch[0].seed is not None and batch[0].temperature > 0:
+            torch.manual_seed(batch[0].seed)
         if batch[0].temperature > 0:
             kw.update(do_sample=True, temperature=batch[0].temperature, top_p=batch[0].top_p)
         else:
@@ -265,7 +310,62 @@ class Engine:
             if not done[i]:  # generate ended first (max_new_tokens of the batch)
                 r.text = sent[i]
                 r.stop_reason = "max_tokens"
+            if r.parse_tools:
+                _tool_calls(r)
             r.events.put(("done", r))
+
+
+def _tool_calls(r: GenRequest) -> None:
+    """Finished text -> tool calls (stop reason "tool_use") where it holds any."""
+    import uuid
+
+    from afinar.data.tools import parse_tool_calls
+
+    content, calls = parse_tool_calls(r.text)
+    if calls:
+        r.tool_calls = [{"id": f"call_{uuid.uuid4().hex[:24]}"} | c for c in calls]
+        r.text = content or ""
+        if r.stop_reason in ("end_turn", "stop_sequence"):
+            r.stop_reason = "tool_use"
+
+
+class _Rows:
+    """Per-row grammar masks and logprobs, as a logits processor (called before each token is
+    chosen); `took` is told each row's chosen token (from the stopping criteria, after)."""
+
+    def __init__(self, batch: list[GenRequest], done: list[bool], base: _Base):
+        self.batch, self.done = batch, done
+        self.constrained = [i for i, r in enumerate(batch) if r.matcher is not None]
+        self.want_lp = [i for i, r in enumerate(batch) if r.logprobs]
+        self.active = bool(self.constrained or self.want_lp)
+        self.grammars = base.grammars if self.constrained else None
+        self.bitmask = self.grammars.bitmask(len(batch)) if self.constrained else None
+        self.pending: dict[int, torch.Tensor] = {}  # row -> log-probs of its next token
+
+    def __call__(self, input_ids, scores):
+        for i in self.want_lp:  # the model's own distribution, before any grammar mask
+            if not self.done[i]:
+                self.pending[i] = torch.log_softmax(scores[i].float(), dim=-1)
+        live = [(self.batch[i].matcher, i) for i in self.constrained if not self.done[i]]
+        if live:
+            self.grammars.fill(live, self.bitmask)
+            self.grammars.apply(scores, self.bitmask)
+        return scores
+
+    def took(self, i: int, token: int, is_eos: bool, tok) -> None:
+        r = self.batch[i]
+        if r.matcher is not None and not r.matcher.is_stopped():
+            r.matcher.consume_token(token)
+        lp = self.pending.pop(i, None)
+        if lp is None or is_eos:
+            return
+        entry = {"token": tok.decode([token]), "logprob": max(float(lp[token]), MIN_LOGPROB)}
+        if r.top_logprobs:
+            vals, ids = torch.topk(lp, r.top_logprobs)
+            entry["top_logprobs"] = [{"token": tok.decode([int(t)]),
+                                      "logprob": max(float(v), MIN_LOGPROB)}
+                                     for v, t in zip(vals, ids, strict=True)]
+        r.token_logprobs.append(entry)
 
 
 class _adapter:

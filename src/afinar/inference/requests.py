@@ -28,6 +28,14 @@ class GenRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
+    tools: list[dict] | None = None  # canonical tools (data/chat.py)
+    tool_choice: str | dict = "auto"  # "auto" | "none" | "required" | {"name": function}
+    parallel_tool_calls: bool = True
+    json_schema: dict | None = None  # structured output: a JSON value of this schema ...
+    json_mode: bool = False  # ... or (json_schema None) any JSON object
+    logprobs: bool = False
+    top_logprobs: int = 0
+    seed: int | None = None
     # filled by the engine
     events: queue.Queue = field(default_factory=queue.Queue)  # ("text", s) | ("done", result)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -38,6 +46,13 @@ class GenRequest:
     stop_reason: str = "end_turn"
     key: tuple = ()
     prompt_ids: list[int] = field(default_factory=list)
+    matcher: object = None  # the grammar of a constrained request (inference/constrain.py)
+    tool_calls: list[dict] = field(default_factory=list)  # [{"id", "name", "arguments"}]
+    token_logprobs: list[dict] = field(default_factory=list)  # with logprobs: one per token
+
+    @property
+    def parse_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
     def result(self, timeout: float | None = None) -> GenRequest:
         """Block until done; returns self with text, token counts and stop_reason."""

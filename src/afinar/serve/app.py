@@ -124,7 +124,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         with lazy_lock:
             if "runtime" not in lazy:
                 from afinar.serve.runtime import Runtime
-                lazy["runtime"] = Runtime(engine, service.serving_id)
+                lazy["runtime"] = Runtime(engine, service.serving_id, get_embedder)
             return lazy["runtime"]
 
     def get_embedder():
@@ -146,7 +146,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
 
     knowledge = KnowledgeService(settings, get_engine, service.serving_id, service.engine)
     app.state.knowledge = knowledge
-    app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder))
+    app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder,
+                                            settings.model_aliases))
     app.include_router(evaluations.router(settings))
     app.include_router(catalog_routes.router(settings, service, knowledge, authenticate))
     app.include_router(afinar_api.router(settings, service, authenticate))

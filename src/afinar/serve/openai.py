@@ -1,6 +1,13 @@
-"""OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions (streaming or
-not, server-sent events) and /v1/embeddings (all-MiniLM-L6-v2), so the `openai` client works
-with only `base_url` changed. Errors use OpenAI's shape: {"error": {"message", "type", "code"}}.
+"""OpenAI-compatible routes: /v1/models, /v1/models/{id}, /v1/chat/completions, /v1/completions
+(streaming or not, server-sent events) and /v1/embeddings (all-MiniLM-L6-v2), so the `openai`
+client works with only `base_url` changed. Errors use OpenAI's shape:
+{"error": {"message", "type", "code", "param"}}.
+
+Chat completions honour tools / tool_choice / parallel_tool_calls (tool calls come back as
+`tool_calls`, streamed as deltas the client assembles), response_format (json_object,
+json_schema: enforced by constrained decoding), n, seed, logprobs / top_logprobs and
+stream_options.include_usage. A field that is not honoured is refused with a 400 naming it,
+unless it has its no-op value.
 """
 
 from __future__ import annotations
@@ -13,141 +20,410 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from afinar.data.chat import request_conversation
+from afinar.data.tools import CallStream
 from afinar.inference.requests import GenRequest, Overloaded, RequestError
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
+EMBEDDING_NAMES = (EMBEDDING_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+MAX_N = 8
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+          "tool_use": "tool_calls"}
+
+# fields taken as they are (honoured), and fields accepted only at their no-op value
+CHAT_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
+               "top_p", "stop", "stream", "stream_options", "n", "seed", "tools", "tool_choice",
+               "parallel_tool_calls", "response_format", "logprobs", "top_logprobs", "user",
+               "metadata", "store"}
+COMPLETION_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream",
+                     "stream_options", "n", "seed", "user", "echo", "logprobs", "suffix",
+                     "best_of"}
+NO_OP = {"frequency_penalty": (0, 0.0, None), "presence_penalty": (0, 0.0, None),
+         "logit_bias": (None, {}), "service_tier": (None, "auto", "default"),
+         "modalities": (None, ["text"]), "functions": (None,), "function_call": (None,),
+         "reasoning_effort": (None,), "prediction": (None,), "audio": (None,),
+         "web_search_options": (None,), "verbosity": (None,)}
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.status, self.code = message, param, status, code
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error",
-           code: str | None = None) -> JSONResponse:
+           code: str | None = None, param: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": code,
-                                   "param": None}}, status_code=status)
+                                   "param": param}}, status_code=status)
 
 
-def router(get_engine, list_models, get_embedder) -> APIRouter:
+def _check_fields(body: dict, honoured: set[str]) -> None:
+    for k, v in body.items():
+        if k in honoured:
+            continue
+        if k in NO_OP:
+            if v not in NO_OP[k]:
+                raise BadRequest(f"'{k}' is not supported by afinar (only its default, "
+                                 f"{NO_OP[k][0]!r}); remove it", k)
+            continue
+        raise BadRequest(f"unknown field '{k}'", k)
+
+
+def _number(body: dict, key: str, default, kind=(int, float)):
+    v = body.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, kind):
+        raise BadRequest(f"'{key}' must be a number", key)
+    return v
+
+
+def _sampling(body: dict, chat: bool) -> dict:
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
+        raise BadRequest("'stop' must be a string or a list of up to 4 strings", "stop")
+    key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None \
+        else "max_tokens"
+    out = {"max_tokens": _number(body, key, 256, int),
+           "temperature": _number(body, "temperature", 0.0),
+           "top_p": _number(body, "top_p", 1.0), "stop": stop,
+           "seed": _number(body, "seed", None, int)}
+    if body.get("store"):
+        raise BadRequest("'store' is not supported (afinar keeps no completions)", "store")
+    return out
+
+
+def _tools(body: dict) -> dict:
+    """tools, tool_choice, parallel_tool_calls, response_format -> GenRequest fields."""
+    out: dict = {}
+    choice = body.get("tool_choice")
+    tools = body.get("tools")
+    if choice is not None and not tools:
+        if choice != "none":
+            raise BadRequest("'tool_choice' needs 'tools'", "tool_choice")
+    if choice in (None, "auto", "none", "required"):
+        out["tool_choice"] = choice or "auto"
+    elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(
+            (choice.get("function") or {}).get("name"), str):
+        out["tool_choice"] = {"name": choice["function"]["name"]}
+    else:
+        raise BadRequest("'tool_choice' must be 'auto', 'none', 'required' or {\"type\": "
+                         "\"function\", \"function\": {\"name\": ...}}", "tool_choice")
+    ptc = body.get("parallel_tool_calls")
+    if ptc is not None and not isinstance(ptc, bool):
+        raise BadRequest("'parallel_tool_calls' must be true or false", "parallel_tool_calls")
+    out["parallel_tool_calls"] = ptc is not False
+    rf = body.get("response_format")
+    if rf is not None:
+        kind = rf.get("type") if isinstance(rf, dict) else None
+        if kind == "json_schema":
+            js = rf.get("json_schema")
+            if not isinstance(js, dict) or not isinstance(js.get("schema", {}), dict):
+                raise BadRequest("response_format.json_schema must be {\"name\", \"schema\": "
+                                 "{...}, \"strict\"}", "response_format.json_schema")
+            out["json_schema"] = js.get("schema") or {"type": "object"}
+        elif kind == "json_object":
+            out["json_mode"] = True
+        elif kind != "text":
+            raise BadRequest("response_format.type must be 'text', 'json_object' or "
+                             "'json_schema'", "response_format.type")
+    return out
+
+
+def _logprobs(body: dict) -> dict:
+    lp, top = body.get("logprobs"), body.get("top_logprobs")
+    if lp is not None and not isinstance(lp, bool):
+        raise BadRequest("'logprobs' must be true or false (chat completions)", "logprobs")
+    if top is not None:
+        if not lp:
+            raise BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+            raise BadRequest("'top_logprobs' must be an integer from 0 to 20", "top_logprobs")
+    return {"logprobs": bool(lp), "top_logprobs": top or 0}
+
+
+def chat_request(body: dict) -> tuple[dict, int, bool]:
+    """A chat-completions body -> (GenRequest fields, n, include_usage)."""
+    _check_fields(body, CHAT_FIELDS)
+    msgs, tools, issues = request_conversation(body.get("messages"), body.get("tools"))
+    if issues:
+        raise BadRequest(issues[0].message, issues[0].field)
+    kw = {"messages": msgs, "tools": tools} | _sampling(body, True) | _tools(body) | \
+        _logprobs(body)
+    return kw, _n(body), _include_usage(body)
+
+
+def completion_request(body: dict) -> tuple[dict, int, bool]:
+    _check_fields(body, COMPLETION_FIELDS)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise BadRequest("'prompt' must be a non-empty string", "prompt")
+    for k, ok in (("echo", (None, False)), ("suffix", (None, "")), ("best_of", (None, 1)),
+                  ("logprobs", (None, 0))):
+        if body.get(k) not in ok:
+            raise BadRequest(f"'{k}' is not supported on /v1/completions; remove it", k)
+    return {"prompt": prompt} | _sampling(body, False), _n(body), _include_usage(body)
+
+
+def _n(body: dict) -> int:
+    n = body.get("n", 1)
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise BadRequest(f"'n' must be an integer from 1 to {MAX_N}", "n")
+    return n
+
+
+def _include_usage(body: dict) -> bool:
+    so = body.get("stream_options")
+    if so is None:
+        return False
+    if not body.get("stream"):
+        raise BadRequest("'stream_options' is only allowed with 'stream': true",
+                         "stream_options")
+    if not isinstance(so, dict) or set(so) - {"include_usage", "include_obfuscation"}:
+        raise BadRequest("stream_options takes 'include_usage'", "stream_options")
+    return bool(so.get("include_usage"))
+
+
+# -- responses ----------------------------------------------------------------------------------
+def _calls_out(calls: list[dict]) -> list[dict]:
+    return [{"id": c["id"], "type": "function", "function": {
+        "name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
+        for c in calls]
+
+
+def _logprobs_out(r: GenRequest) -> dict | None:
+    if not r.logprobs:
+        return None
+    return {"content": [{"token": e["token"], "logprob": e["logprob"],
+                         "bytes": list(e["token"].encode()),
+                         "top_logprobs": [{"token": t["token"], "logprob": t["logprob"],
+                                           "bytes": list(t["token"].encode())}
+                                          for t in e.get("top_logprobs", [])]}
+                        for e in r.token_logprobs], "refusal": None}
+
+
+def _usage(reqs: list[GenRequest]) -> dict:
+    p, c = reqs[0].input_tokens, sum(r.output_tokens for r in reqs)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _chat_choice(i: int, r: GenRequest) -> dict:
+    msg = {"role": "assistant", "content": r.text if (r.text or not r.tool_calls) else None,
+           "refusal": None}
+    if r.tool_calls:
+        msg["tool_calls"] = _calls_out(r.tool_calls)
+    return {"index": i, "message": msg, "logprobs": _logprobs_out(r),
+            "finish_reason": FINISH.get(r.stop_reason, "stop")}
+
+
+def _chat_chunks(i: int, r: GenRequest, base: dict):
+    """One choice's stream: role, text and tool-call deltas, then its finish reason."""
+    def chunk(delta: dict, finish=None, logprobs=None) -> str:
+        return _sse(base | {"choices": [{"index": i, "delta": delta, "logprobs": logprobs,
+                                         "finish_reason": finish}]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    splitter = CallStream() if r.parse_tools else None
+    n_calls, lp_sent = 0, 0
+    for piece in r.stream(timeout=600):
+        events = splitter.feed(piece) if splitter else [("text", piece)]
+        for kind, val in events:
+            if kind == "text":
+                lp = None
+                if r.logprobs:
+                    lp = {"content": _logprobs_out(r)["content"][lp_sent:]}
+                    lp_sent += len(lp["content"])
+                yield chunk({"content": val}, logprobs=lp)
+            else:
+                yield from _call_chunks(chunk, n_calls, val)
+                n_calls += 1
+    for kind, val in splitter.finish() if splitter else []:
+        if kind == "text":
+            yield chunk({"content": val})
+        else:
+            yield from _call_chunks(chunk, n_calls, val)
+            n_calls += 1
+    reason = r.stop_reason if not (n_calls and r.stop_reason in ("end_turn", "stop_sequence")) \
+        else "tool_use"
+    yield chunk({}, FINISH.get(reason, "stop"))
+
+
+def _call_chunks(chunk, index: int, call: dict):
+    cid = f"call_{uuid.uuid4().hex[:24]}"
+    yield chunk({"tool_calls": [{"index": index, "id": cid, "type": "function",
+                                 "function": {"name": call["name"], "arguments": ""}}]})
+    yield chunk({"tool_calls": [{"index": index, "function": {
+        "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}]})
+
+
+def router(get_engine, list_models, get_embedder, aliases: dict | None = None) -> APIRouter:
     r = APIRouter(prefix="/v1")
+    aliases = aliases or {}
+
+    def _model_obj(m: str) -> dict:
+        return {"id": m, "object": "model", "created": 0, "owned_by": "afinar"}
 
     @r.get("/models")
     async def models():
-        return {"object": "list", "data": [
-            {"id": m, "object": "model", "created": 0, "owned_by": "afinar"}
-            for m in await run_in_threadpool(list_models)]}
+        return {"object": "list", "data": [_model_obj(m)
+                                           for m in await run_in_threadpool(list_models)]}
 
-    async def _body(request: Request) -> dict | JSONResponse:
+    @r.get("/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id in await run_in_threadpool(list_models) or model_id in EMBEDDING_NAMES:
+            return _model_obj(model_id)
+        return _error(404, f"the model '{model_id}' does not exist", code="model_not_found",
+                      param="model")
+
+    async def _body(request: Request) -> dict:
         try:
             body = json.loads(await request.body())
         except ValueError as e:
-            return _error(400, f"the request body is not valid JSON: {e}")
+            raise BadRequest(f"the request body is not valid JSON: {e}") from None
         if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object")
-        return body
-
-    def _params(body: dict) -> dict:
-        stop = body.get("stop") or []
-        return {"max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or 256,
-                "temperature": body.get("temperature", 0.0) if body.get("temperature")
-                is not None else 0.0, "top_p": body.get("top_p") or 1.0,
-                "stop": [stop] if isinstance(stop, str) else list(stop)}
-
-    async def _generate(body: dict, chat: bool):
+            raise BadRequest("the request body must be a JSON object")
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return _error(400, "'model' is required", code="missing_model")
-        if chat:
-            msgs = body.get("messages")
-            if not isinstance(msgs, list) or not msgs:
-                return _error(400, "'messages' must be a non-empty list")
-            try:
-                msgs = [{"role": m["role"], "content": m["content"] if isinstance(
-                    m["content"], str) else "".join(p.get("text", "") for p in m["content"])}
-                        for m in msgs]
-            except (KeyError, TypeError, AttributeError):
-                return _error(400, "each message needs 'role' and 'content'")
-            kw = {"messages": msgs}
-        else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str) or not prompt:
-                return _error(400, "'prompt' must be a non-empty string")
-            kw = {"prompt": prompt}
+            raise BadRequest("'model' is required", "model", code="missing_model")
+        return body
+
+    async def _submit(model: str, kw: dict, n: int) -> list[GenRequest]:
+        engine = await run_in_threadpool(get_engine)
+        reqs = []
         try:
-            engine = await run_in_threadpool(get_engine)
-            req = await run_in_threadpool(engine.submit, GenRequest(model=model, **kw,
-                                                                    **_params(body)))
+            for i in range(n):
+                seed = kw.get("seed")
+                one = kw | ({"seed": seed + i} if seed is not None and i else {})
+                reqs.append(await run_in_threadpool(engine.submit, GenRequest(model=model,
+                                                                              **one)))
         except Overloaded as e:
-            return _error(429, e.message, "rate_limit_exceeded")
+            for q in reqs:
+                q.cancelled.set()
+            raise BadRequest(e.message, status=429, code="rate_limit_exceeded") from None
         except RequestError as e:
+            for q in reqs:
+                q.cancelled.set()
             nf = "unknown model" in e.message or "not installed" in e.message
-            return _error(404 if nf else 400, e.message,
-                          code="model_not_found" if nf else None)
+            raise BadRequest(e.message, "model" if nf else None, 404 if nf else 400,
+                             "model_not_found" if nf else None) from None
+        return reqs
+
+    async def _generate(request: Request, chat: bool):
+        try:
+            body = await _body(request)
+            kw, n, include_usage = (chat_request if chat else completion_request)(body)
+            reqs = await _submit(body["model"], kw, n)
+        except BadRequest as e:
+            kind = "rate_limit_exceeded" if e.status == 429 else "invalid_request_error"
+            return _error(e.status, e.message, kind, e.code, e.param)
+        model = body["model"]
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        finish = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
         obj = "chat.completion" if chat else "text_completion"
+        base = {"id": rid, "object": obj + ".chunk" if chat else obj, "created": int(time.time()),
+                "model": model, "system_fingerprint": "afinar"}
         if body.get("stream"):
             def sse():
-                first = True
-                for piece in req.stream(timeout=600):
+                for i, q in enumerate(reqs):
                     if chat:
-                        delta = {"content": piece} | ({"role": "assistant"} if first else {})
-                        choice = {"index": 0, "delta": delta, "finish_reason": None}
-                    else:
-                        choice = {"index": 0, "text": piece, "finish_reason": None}
-                    first = False
-                    yield _sse({"id": rid, "object": obj + ".chunk" if chat else obj,
-                                "created": created, "model": model, "choices": [choice]})
-                end = ({"index": 0, "delta": {}, "finish_reason": finish.get(req.stop_reason, "stop")}
-                       if chat else {"index": 0, "text": "",
-                                     "finish_reason": finish.get(req.stop_reason, "stop")})
-                yield _sse({"id": rid, "object": obj + ".chunk" if chat else obj,
-                            "created": created, "model": model, "choices": [end]})
+                        yield from _chat_chunks(i, q, base)
+                        continue
+                    for piece in q.stream(timeout=600):
+                        yield _sse(base | {"choices": [{"index": i, "text": piece,
+                                                        "finish_reason": None}]})
+                    yield _sse(base | {"choices": [{"index": i, "text": "", "finish_reason":
+                                                    FINISH.get(q.stop_reason, "stop")}]})
+                if include_usage:
+                    yield _sse(base | {"choices": [], "usage": _usage(reqs)})
                 yield "data: [DONE]\n\n"
             return StreamingResponse(sse(), media_type="text/event-stream")
         try:
-            done = await run_in_threadpool(req.result, 600)
+            for q in reqs:
+                await run_in_threadpool(q.result, 600)
         except TimeoutError as e:
             return _error(504, str(e), "timeout")
-        choice = ({"index": 0, "message": {"role": "assistant", "content": done.text},
-                   "finish_reason": finish.get(done.stop_reason, "stop")} if chat else
-                  {"index": 0, "text": done.text, "finish_reason": finish.get(done.stop_reason, "stop")})
-        return {"id": rid, "object": obj, "created": created, "model": model,
-                "choices": [choice], "usage": {
-                    "prompt_tokens": done.input_tokens, "completion_tokens": done.output_tokens,
-                    "total_tokens": done.input_tokens + done.output_tokens}}
+        choices = [_chat_choice(i, q) if chat else
+                   {"index": i, "text": q.text, "logprobs": None,
+                    "finish_reason": FINISH.get(q.stop_reason, "stop")}
+                   for i, q in enumerate(reqs)]
+        return base | {"object": obj, "choices": choices, "usage": _usage(reqs)}
 
     @r.post("/chat/completions")
     async def chat_completions(request: Request):
-        body = await _body(request)
-        return body if isinstance(body, JSONResponse) else await _generate(body, chat=True)
+        return await _generate(request, chat=True)
 
     @r.post("/completions")
     async def completions(request: Request):
-        body = await _body(request)
-        return body if isinstance(body, JSONResponse) else await _generate(body, chat=False)
+        return await _generate(request, chat=False)
 
     @r.post("/embeddings")
     async def embeddings(request: Request):
-        body = await _body(request)
-        if isinstance(body, JSONResponse):
-            return body
-        inp = body.get("input")
-        texts = [inp] if isinstance(inp, str) else inp
-        if not isinstance(texts, list) or not texts or not all(
-                isinstance(t, str) for t in texts):
-            return _error(400, "'input' must be a string or a list of strings")
-        model = body.get("model") or EMBEDDING_MODEL
-        if model not in (EMBEDDING_MODEL, "all-MiniLM-L6-v2",
-                         "sentence-transformers/all-MiniLM-L6-v2"):
-            return _error(404, f"embedding model '{model}' is not available; use "
-                          f"{EMBEDDING_MODEL}", code="model_not_found")
+        try:
+            body = await _body(request)
+            texts = _embedding_input(body)
+            model = aliases.get(body["model"], body["model"])
+            if model not in EMBEDDING_NAMES:
+                raise BadRequest(f"embedding model '{body['model']}' is not available; use "
+                                 f"{EMBEDDING_MODEL} (or map a name to it in [model_aliases])",
+                                 "model", 404, "model_not_found")
+            if body.get("dimensions") not in (None, 384):
+                raise BadRequest(f"'dimensions' {body['dimensions']} is not supported: "
+                                 f"{EMBEDDING_MODEL} has 384 dimensions and cannot be shortened",
+                                 "dimensions")
+            if body.get("encoding_format") not in (None, "float", "base64"):
+                raise BadRequest("'encoding_format' must be 'float' or 'base64'",
+                                 "encoding_format")
+            if unknown := set(body) - {"model", "input", "dimensions", "encoding_format",
+                                       "user"}:
+                raise BadRequest(f"unknown field '{sorted(unknown)[0]}'", sorted(unknown)[0])
+        except BadRequest as e:
+            return _error(e.status, e.message, code=e.code, param=e.param)
         emb = await run_in_threadpool(get_embedder)
         vecs, n_tok = await run_in_threadpool(emb.embed, texts)
-        return {"object": "list", "model": model, "data": [
+        if body.get("encoding_format") == "base64":
+            import base64
+
+            import numpy as np
+            vecs = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
+                    for v in vecs]
+        return {"object": "list", "model": body["model"], "data": [
             {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vecs)],
             "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}}
 
     return r
+
+
+def _embedding_input(body: dict) -> list[str]:
+    """Strings, or token arrays (OpenAI's cl100k_base ids, which LangChain's OpenAIEmbeddings
+    sends) decoded back to text with tiktoken where its encoding is available."""
+    inp = body.get("input")
+    if isinstance(inp, str):
+        return [inp]
+    if isinstance(inp, list) and inp and all(isinstance(t, str) for t in inp):
+        return inp
+    if isinstance(inp, list) and inp and all(isinstance(t, int) for t in inp):
+        inp = [inp]
+    if isinstance(inp, list) and inp and all(
+            isinstance(a, list) and a and all(isinstance(t, int) for t in a) for a in inp):
+        return [_decode_tokens(a) for a in inp]
+    raise BadRequest("'input' must be a string, a list of strings, or token arrays", "input")
+
+
+def _decode_tokens(ids: list[int]) -> str:
+    try:
+        import tiktoken
+
+        return tiktoken.get_encoding("cl100k_base").decode(ids)
+    except Exception as e:  # not installed, or its encoding file cannot be fetched offline
+        raise BadRequest(
+            f"'input' holds token ids, which afinar reads as OpenAI's cl100k_base tokens, but "
+            f"that encoding is not available here ({type(e).__name__}); send text instead "
+            f"(LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))", "input") from None
 
 
 def _sse(d: dict) -> str:

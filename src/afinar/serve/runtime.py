@@ -1,7 +1,11 @@
 """Bedrock runtime operations (Converse, ConverseStream, InvokeModel,
-InvokeModelWithResponseStream) over the inference engine.
+InvokeModelWithResponseStream) over the inference engine. Converse takes toolConfig (tools,
+toolChoice auto/any/tool), toolUse / toolResult blocks and outputConfig.textFormat (a JSON
+schema, enforced by constrained decoding).
 
-InvokeModel's body is model-specific in Bedrock; afinar's is documented here and in the README:
+InvokeModel's body is model-specific in Bedrock: ids of Anthropic, Titan, Llama and Nova models
+take their provider's native body (invoke_bodies.py); for any other id afinar's own body,
+documented here and in the README:
 request `{"prompt": str}` or `{"messages": [{"role", "content"}], "system": str}`, with
 `max_tokens`, `temperature`, `top_p`, `stop` (list); response `{"output": str, "stop_reason":
 str, "usage": {"input_tokens", "output_tokens"}}`; streamed as chunks `{"output": piece}` and a
@@ -15,8 +19,10 @@ import json
 import time
 from collections.abc import Iterator
 
+from afinar.data.chat import request_conversation
+from afinar.data.tools import CallStream
 from afinar.inference.requests import GenRequest, Overloaded, RequestError
-from afinar.serve import eventstream
+from afinar.serve import eventstream, invoke_bodies
 from afinar.serve.awsproto import ApiError, validation
 
 RUNTIME_OPERATIONS = ("Converse", "ConverseStream", "InvokeModel",
@@ -26,9 +32,10 @@ REQUEST_TIMEOUT_S = 600
 
 
 class Runtime:
-    def __init__(self, engine, resolve_model_id):
+    def __init__(self, engine, resolve_model_id, get_embedder=None):
         self.engine = engine
         self.resolve_model_id = resolve_model_id  # Bedrock id/ARN -> afinar model identifier
+        self.get_embedder = get_embedder  # Titan embeddings bodies
 
     # -- request building --------------------------------------------------------------------
     def _submit(self, model_id: str, **kw) -> GenRequest:
@@ -42,24 +49,39 @@ class Runtime:
                 raise ApiError("ResourceNotFoundException", e.message) from None
             raise validation(e.message) from None
 
-    @staticmethod
-    def _converse_messages(p: dict) -> list[dict]:
-        msgs = []
-        system = " ".join(b["text"] for b in p.get("system") or [] if b.get("text"))
-        if system:
-            msgs.append({"role": "system", "content": system})
-        for i, m in enumerate(p.get("messages") or []):
-            texts = []
-            for j, block in enumerate(m["content"]):
-                if "text" not in block:
-                    kind = next(iter(block), "?")
-                    raise validation(f"messages[{i}].content[{j}]: only text content blocks "
-                                     f"are supported, got '{kind}'")
-                texts.append(block["text"])
-            msgs.append({"role": m["role"], "content": "".join(texts)})
-        if not msgs or msgs[-1]["role"] != "user":
+    def _converse_request(self, p: dict) -> GenRequest:
+        """Converse's request -> a submitted GenRequest (tools, toolResult turns, structured
+        output included); fields afinar does not honour are refused by name."""
+        for k in ("guardrailConfig", "additionalModelRequestFields", "promptVariables",
+                  "additionalModelResponseFieldPaths"):
+            if p.get(k):
+                raise validation(f"{k} is not supported by afinar; remove it")
+        if (p.get("performanceConfig") or {}).get("latency", "standard") != "standard":
+            raise validation("performanceConfig.latency: only 'standard' is supported")
+        msgs, tools, issues = request_conversation(p.get("messages"), p.get("toolConfig"),
+                                                   bedrock=True, system=p.get("system"))
+        if issues:
+            raise validation(f"{issues[0].field}: {issues[0].message}")
+        raw = p.get("messages") or []
+        if not raw or raw[-1].get("role") != "user":
             raise validation("messages must end with a user message")
-        return msgs
+        kw = {"messages": msgs, "tools": tools} | self._inference(p)
+        choice = (p.get("toolConfig") or {}).get("toolChoice") or {"auto": {}}
+        if "any" in choice:
+            kw["tool_choice"] = "required"
+        elif "tool" in choice:
+            kw["tool_choice"] = {"name": choice["tool"].get("name")}
+        out = p.get("outputConfig") or {}
+        if out.get("effort"):
+            raise validation("outputConfig.effort is not supported by afinar; remove it")
+        fmt = out.get("textFormat")
+        if fmt:
+            try:
+                kw["json_schema"] = json.loads(fmt["structure"]["jsonSchema"]["schema"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise validation(f"outputConfig.textFormat.structure.jsonSchema.schema must be "
+                                 f"a JSON schema as a string: {e}") from None
+        return self._submit(p["modelId"], **kw)
 
     @staticmethod
     def _inference(p: dict) -> dict:
@@ -71,42 +93,49 @@ class Runtime:
     # -- Converse ----------------------------------------------------------------------------
     def converse(self, p: dict) -> dict:
         t0 = time.time()
-        req = self._submit(p["modelId"], messages=self._converse_messages(p),
-                           **self._inference(p))
-        r = self._wait(req)
-        return {"output": {"message": {"role": "assistant", "content": [{"text": r.text}]}},
+        r = self._wait(self._converse_request(p))
+        content = ([{"text": r.text}] if r.text or not r.tool_calls else []) + [
+            {"toolUse": {"toolUseId": c["id"], "name": c["name"], "input": c["arguments"]}}
+            for c in r.tool_calls]
+        return {"output": {"message": {"role": "assistant", "content": content}},
                 "stopReason": r.stop_reason, "usage": _usage(r),
                 "metrics": {"latencyMs": int((time.time() - t0) * 1000)}}
 
     def converse_stream(self, p: dict) -> Iterator[bytes]:
         t0 = time.time()
-        req = self._submit(p["modelId"], messages=self._converse_messages(p),
-                           **self._inference(p))
+        req = self._converse_request(p)
 
         def events():
             yield eventstream.event("messageStart", {"role": "assistant"})
+            blocks = _Blocks()
+            splitter = CallStream() if req.parse_tools else None
             try:
                 for piece in req.stream(timeout=REQUEST_TIMEOUT_S):
-                    yield eventstream.event("contentBlockDelta", {
-                        "delta": {"text": piece}, "contentBlockIndex": 0})
+                    for ev in splitter.feed(piece) if splitter else [("text", piece)]:
+                        yield from blocks.add(*ev)
+                for ev in splitter.finish() if splitter else []:
+                    yield from blocks.add(*ev)
             except Exception as e:  # mid-stream: an exception event, as Bedrock sends
                 yield eventstream.exception("modelStreamErrorException", str(e))
                 return
-            yield eventstream.event("contentBlockStop", {"contentBlockIndex": 0})
-            yield eventstream.event("messageStop", {"stopReason": req.stop_reason})
+            yield from blocks.close()
+            reason = "tool_use" if blocks.calls and req.stop_reason in (
+                "end_turn", "stop_sequence") else req.stop_reason
+            yield eventstream.event("messageStop", {"stopReason": reason})
             yield eventstream.event("metadata", {
                 "usage": _usage(req), "metrics": {"latencyMs": int((time.time() - t0) * 1000)}})
         return events()
 
     # -- InvokeModel -------------------------------------------------------------------------
-    def _invoke_request(self, p: dict) -> GenRequest:
-        raw = p.get("body") or b""
-        try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise validation(f"body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise validation("body must be a JSON object")
+    def _invoke_request(self, p: dict) -> tuple[str, GenRequest]:
+        """(the body family, the submitted request) of an InvokeModel call."""
+        body = _json_body(p)
+        family = invoke_bodies.provider(p["modelId"])
+        if family == "titan-embed":
+            raise validation("this is an embedding model: call InvokeModel (not the streaming "
+                             "operation) with {\"inputText\"}")
+        if family != "afinar":
+            return family, self._submit(p["modelId"], **invoke_bodies.request(family, body))
         known = {"prompt", "messages", "system", "max_tokens", "maxTokens", "temperature",
                  "top_p", "topP", "stop"}
         if unknown := sorted(set(body) - known):
@@ -126,20 +155,43 @@ class Runtime:
                        and m.get("role") in ("system", "user", "assistant") for m in msgs):
                 raise validation("body.messages must be [{\"role\": user|assistant|system, "
                                  "\"content\": str}]")
-            return self._submit(p["modelId"], messages=msgs, **kw)
+            return family, self._submit(p["modelId"], messages=msgs, **kw)
         if not isinstance(body.get("prompt"), str) or not body["prompt"]:
             raise validation("body needs a non-empty 'prompt' string or 'messages'")
-        return self._submit(p["modelId"], messages=[{"role": "user", "content": body["prompt"]}],
-                            **kw)
+        return family, self._submit(p["modelId"], messages=[
+            {"role": "user", "content": body["prompt"]}], **kw)
 
     def invoke(self, p: dict) -> bytes:
-        r = self._wait(self._invoke_request(p))
+        if invoke_bodies.provider(p["modelId"]) == "titan-embed":
+            return json.dumps(self._titan_embed(_json_body(p))).encode()
+        family, req = self._invoke_request(p)
+        r = self._wait(req)
+        if family != "afinar":
+            return json.dumps(invoke_bodies.response(family, r, p["modelId"])).encode()
         return json.dumps({"output": r.text, "stop_reason": r.stop_reason,
                            "usage": {"input_tokens": r.input_tokens,
                                      "output_tokens": r.output_tokens}}).encode()
 
+    def _titan_embed(self, body: dict) -> dict:
+        """Titan embeddings' body, answered by the embedding model afinar serves (MiniLM)."""
+        if unknown := sorted(set(body) - {"inputText", "dimensions", "normalize",
+                                          "embeddingTypes"}):
+            raise validation(f"unknown field(s) {unknown} in a Titan embeddings body")
+        if not isinstance(body.get("inputText"), str) or not body["inputText"]:
+            raise validation("body.inputText must be a non-empty string")
+        if self.get_embedder is None:
+            raise validation("no embedding model is configured")
+        emb = self.get_embedder()
+        vecs, n_tok = emb.embed([body["inputText"]])
+        if body.get("dimensions") not in (None, len(vecs[0])):
+            raise validation(f"body.dimensions {body['dimensions']} is not supported: the "
+                             f"embedding model has {len(vecs[0])} dimensions")
+        if body.get("embeddingTypes") not in (None, ["float"]):
+            raise validation("body.embeddingTypes: only ['float'] is supported")
+        return {"embedding": vecs[0], "inputTextTokenCount": n_tok}
+
     def invoke_stream(self, p: dict) -> Iterator[bytes]:
-        req = self._invoke_request(p)
+        family, req = self._invoke_request(p)
 
         def chunk(d: dict) -> bytes:
             return eventstream.event("chunk", {"bytes": base64.b64encode(
@@ -147,6 +199,11 @@ class Runtime:
 
         def events():
             try:
+                if family != "afinar":
+                    for d in invoke_bodies.stream(family, req, p["modelId"],
+                                                  REQUEST_TIMEOUT_S):
+                        yield chunk(d)
+                    return
                 for piece in req.stream(timeout=REQUEST_TIMEOUT_S):
                     yield chunk({"output": piece})
             except Exception as e:
@@ -162,6 +219,52 @@ class Runtime:
             return req.result(timeout=REQUEST_TIMEOUT_S)
         except TimeoutError as e:
             raise ApiError("ModelTimeoutException", str(e)) from None
+
+
+class _Blocks:
+    """ConverseStream's content blocks: text deltas in one block, each tool call a block of
+    its own (contentBlockStart with the toolUse id and name, then its input as JSON)."""
+
+    def __init__(self):
+        self.index, self.text_open, self.calls = 0, False, 0
+
+    def add(self, kind: str, val) -> Iterator[bytes]:
+        if kind == "text":
+            self.text_open = True
+            yield eventstream.event("contentBlockDelta", {"delta": {"text": val},
+                                                          "contentBlockIndex": self.index})
+            return
+        yield from self._end_text()
+        import uuid
+
+        yield eventstream.event("contentBlockStart", {"start": {"toolUse": {
+            "toolUseId": f"tooluse_{uuid.uuid4().hex[:22]}", "name": val["name"]}},
+            "contentBlockIndex": self.index})
+        yield eventstream.event("contentBlockDelta", {"delta": {"toolUse": {
+            "input": json.dumps(val["arguments"], ensure_ascii=False)}},
+            "contentBlockIndex": self.index})
+        yield eventstream.event("contentBlockStop", {"contentBlockIndex": self.index})
+        self.index, self.calls = self.index + 1, self.calls + 1
+
+    def _end_text(self) -> Iterator[bytes]:
+        if self.text_open:
+            yield eventstream.event("contentBlockStop", {"contentBlockIndex": self.index})
+            self.index, self.text_open = self.index + 1, False
+
+    def close(self) -> Iterator[bytes]:
+        if not self.text_open and not self.calls:  # an empty answer is one empty text block
+            self.text_open = True
+        yield from self._end_text()
+
+
+def _json_body(p: dict) -> dict:
+    try:
+        body = json.loads(p.get("body") or b"")
+    except ValueError as e:
+        raise validation(f"body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise validation("body must be a JSON object")
+    return body
 
 
 def _usage(r: GenRequest) -> dict:

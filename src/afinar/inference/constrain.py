@@ -1,0 +1,105 @@
+"""Constrained decoding: grammars for forced tool calls and structured output, enforced per row
+inside batched generation with llguidance.
+
+Why llguidance: it compiles a grammar lazily (no per-schema precompile step, so a new schema
+costs microseconds at request time), takes JSON schema and Lark in one grammar (a tool call is
+`<tool_call>` + a JSON-schema value + `</tool_call>`), and depends on neither torch nor triton.
+benchmarks/constrained.py measures its per-token cost against unconstrained decoding (and
+against xgrammar when that is installed).
+
+Grammars (strings llguidance takes):
+- a forced tool call (`tool_choice` "required" or a named function): the tool-call format of
+  data/tools.py, the call object `{"name": <one of the tools>, "arguments": <its schema>}`,
+  one call or, with parallel calls, several separated by a newline;
+- `response_format` json_object / json_schema: a JSON value of that schema.
+JSON is compact (`", "` and `": "` separators, as data/tools.dumps writes it for training).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from afinar.data.tools import CALL_CLOSE, CALL_OPEN
+from afinar.inference.requests import RequestError
+
+_JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+
+
+def _compact(schema: dict) -> dict:
+    return dict(schema) | {"x-guidance": _JSON_STYLE}
+
+
+def tool_call_grammar(tools: list[dict], name: str | None = None, parallel: bool = True) -> str:
+    """A Lark grammar for one (or, with `parallel`, one or more) calls of `tools` (only the
+    one named `name`, when given)."""
+    chosen = [t for t in tools if name is None or t["name"] == name]
+    if not chosen:
+        raise RequestError(f"tool_choice names function '{name}', which is not in tools "
+                           f"({sorted(t['name'] for t in tools)})")
+    calls = [{"type": "object", "properties": {"name": {"const": t["name"]},
+                                                "arguments": t["parameters"]},
+              "required": ["name", "arguments"], "additionalProperties": False}
+             for t in chosen]
+    schema = _compact(calls[0] if len(calls) == 1 else {"anyOf": calls})
+    opening, closing = json.dumps(CALL_OPEN + "\n"), json.dumps("\n" + CALL_CLOSE)
+    start = 'start: call ("\\n" call)*' if parallel else "start: call"
+    return f"{start}\ncall: {opening} %json{json.dumps(schema)} {closing}\n"
+
+
+def json_grammar(schema: dict | None) -> str:
+    """A grammar for a JSON value of `schema` (any JSON object when None)."""
+    import llguidance
+
+    return llguidance.LLMatcher.grammar_from_json_schema(
+        _compact(schema if schema is not None else {"type": "object"}))
+
+
+class Grammars:
+    """llguidance's view of one tokenizer (built once per base model, ~0.7 s) and the matchers
+    made from it."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        import llguidance.hf
+
+        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+        self.vocab_size = vocab_size
+        self.executor = None
+        self.lock = threading.Lock()
+
+    def matcher(self, grammar: str, what: str):
+        import llguidance
+
+        if grammar.lstrip().startswith("{"):
+            text = grammar  # a JSON grammar object (from json_grammar)
+        else:
+            text = llguidance.LLMatcher.grammar_from_lark(grammar)
+        m = llguidance.LLMatcher(self.tokenizer, text)
+        if m.is_error():
+            raise RequestError(f"{what}: cannot be enforced: {m.get_error()}")
+        return m
+
+    def fill(self, rows: list[tuple[object, int]], bitmask) -> None:
+        """The allowed next tokens of each (matcher, row) into `bitmask` (batched, in
+        llguidance's thread pool)."""
+        import llguidance
+        import llguidance.torch as lt
+
+        if len(rows) == 1:
+            lt.fill_next_token_bitmask(rows[0][0], bitmask, rows[0][1])
+            return
+        with self.lock:
+            if self.executor is None:
+                self.executor = llguidance.LLExecutor()
+        lt.fill_next_token_bitmask_par(self.executor, rows, bitmask)
+
+    def bitmask(self, rows: int):
+        import llguidance.torch as lt
+
+        return lt.allocate_token_bitmask(rows, self.vocab_size)
+
+    @staticmethod
+    def apply(scores, bitmask) -> None:
+        import llguidance.torch as lt
+
+        lt.apply_token_bitmask_inplace(scores, bitmask)
