@@ -249,7 +249,7 @@ def test_tiny_model_learns_to_call_the_right_tool(tmp_path, tiny_model_dir, sett
     data = write_jsonl(tmp_path / "tools.jsonl", tool_rows(160))
     assert check_file(data).ok
     train(parse_train_config({"train_data": str(data), "base_model": str(tiny_model_dir),
-                              "method": "full", "epochs": 12, "learning_rate": 2e-2,
+                              "method": "full", "epochs": 10, "learning_rate": 2e-2,
                               "name": "tool-caller", "output_dir": str(tmp_path / "run"),
                               "checkpoint_every": 0, "precision": "fp32"}), settings)
     tools = [{"name": t["function"]["name"], "description": t["function"]["description"],

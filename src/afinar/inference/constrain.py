@@ -13,6 +13,9 @@ Grammars (strings llguidance takes):
   one call or, with parallel calls, several separated by a newline;
 - `response_format` json_object / json_schema: a JSON value of that schema.
 JSON is compact (`", "` and `": "` separators, as data/tools.dumps writes it for training).
+An object schema that lists `properties` and says nothing of `additionalProperties` is generated
+with its listed properties only (as OpenAI's strict mode requires them to be declared): a
+model is never steered into inventing argument names.
 """
 
 from __future__ import annotations
@@ -27,7 +30,21 @@ _JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separa
 
 
 def _compact(schema: dict) -> dict:
-    return dict(schema) | {"x-guidance": _JSON_STYLE}
+    return _declared_only(schema) | {"x-guidance": _JSON_STYLE}
+
+
+def _declared_only(s):
+    """A copy of a JSON schema where objects with `properties` and no `additionalProperties`
+    allow no others."""
+    if isinstance(s, list):
+        return [_declared_only(x) for x in s]
+    if not isinstance(s, dict):
+        return s
+    out = {k: (v if k in ("const", "enum", "default", "examples") else _declared_only(v))
+           for k, v in s.items()}
+    if isinstance(s.get("properties"), dict) and "additionalProperties" not in s:
+        out["additionalProperties"] = False
+    return out
 
 
 def tool_call_grammar(tools: list[dict], name: str | None = None, parallel: bool = True) -> str:

@@ -180,7 +180,9 @@ class Engine:
         choice = req.tool_choice
         if req.tools and (choice == "required" or isinstance(choice, dict)):
             name = choice.get("name") if isinstance(choice, dict) else None
-            grammar = constrain.tool_call_grammar(req.tools, name, req.parallel_tool_calls)
+            # a named function is called once; "required" may call several when parallel
+            grammar = constrain.tool_call_grammar(req.tools, name,
+                                                  req.parallel_tool_calls and name is None)
             return base.grammar_compiler().matcher(grammar, "tool_choice")
         if req.json_schema is not None or req.json_mode:
             return base.grammar_compiler().matcher(constrain.json_grammar(req.json_schema),
