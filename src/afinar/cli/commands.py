@@ -448,8 +448,9 @@ def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="end-to-end demos: 'stripe' (default) fine-tunes the "
                        "default model to write Stripe API calls and compares it with the base "
                        "model; 'cpt' continues its pre-training on Python's library docs and "
-                       "measures held-out perplexity")
-    p.add_argument("which", nargs="?", default="stripe", choices=["stripe", "cpt"],
+                       "measures held-out perplexity; 'tools' fine-tunes it to call Stripe "
+                       "tools and scores the tool calls it returns through the openai client")
+    p.add_argument("which", nargs="?", default="stripe", choices=["stripe", "cpt", "tools"],
                    help="which demo (default: stripe)")
     p.add_argument("--train-examples", type=int, default=d.train_examples)
     p.add_argument("--test-examples", type=int, default=d.test_examples)
@@ -475,6 +476,8 @@ def cmd_demo(args) -> int:
     _quiet_libraries()
     if args.which == "cpt":
         return _cmd_demo_cpt(args)
+    if args.which == "tools":
+        return _cmd_demo_tools(args)
     settings = _settings(args)
     opts = DemoOptions(**{k: getattr(args, k) for k in DemoOptions.__dataclass_fields__
                           if getattr(args, k, None) is not None})
@@ -508,6 +511,39 @@ def _cmd_demo_cpt(args) -> int:
     bar.close()
     if args.json:
         dump_json(report)
+    return 0
+
+
+def _cmd_demo_tools(args) -> int:
+    from afinar.demo.tools import ToolsDemoOptions, run_tools_demo
+
+    d = ToolsDemoOptions()
+    opts = ToolsDemoOptions(
+        base_model=args.base_model, output_dir=args.output_dir, seed=args.seed,
+        epochs=args.epochs, batch_size=args.batch_size, lora_r=args.lora_r,
+        # the stripe demo's defaults for the shared flags stand unless given
+        train_examples=d.train_examples if args.train_examples == 400 else args.train_examples,
+        test_examples=d.test_examples if args.test_examples == 100 else args.test_examples,
+        learning_rate=args.learning_rate)
+    if args.lora_layers is not None:
+        opts.lora_layers = args.lora_layers or None
+    bar = TqdmProgress(disable=args.quiet or args.json)
+    say = (lambda s: None) if args.json else out
+    report = run_tools_demo(opts, _settings(args), bar, say)
+    bar.close()
+    if args.json:
+        dump_json({k: v for k, v in report.items() if k != "examples"})
+        return 0
+    out("\nTool calls on held-out requests (openai client, tools=...):")
+    out(f"  {'model':<40} {'calls a tool':>12} {'right tool':>11} {'exact args':>11}")
+    for m in report["models"]:
+        out(f"  {m['model']:<40} {m['tool_call_rate']:>12.0%} {m['right_function']:>11.0%} "
+            f"{m['exact_arguments']:>11.0%}")
+    lp = report["loop"]
+    out(f"\nFull loop with the tuned model: {lp['request']!r}\n  call: {lp['call']}\n"
+        f"  tool result: {lp.get('tool_result')}\n  answer: {lp['answer']!r}")
+    out(f"\nTotal time {report['timings_s']['total']:.0f} s. Report: "
+        f"{report['output_dir']}/report.json  Custom model: {report['name']}")
     return 0
 
 
