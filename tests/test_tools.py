@@ -272,3 +272,23 @@ def test_tiny_model_learns_to_call_the_right_tool(tmp_path, tiny_model_dir, sett
         jsonschema.validate(args, (WEATHER if name == "get_weather" else TIME)["function"][
             "parameters"])
     assert [name for name, _ in got[str(tiny_model_dir)]] != want  # the random base cannot
+
+
+def test_tools_demo_pipeline_on_tiny_model(tmp_path, settings, tiny_model_dir):
+    """`afinar demo tools` end to end on a tiny model: data, check, training, a loopback server
+    scored through the openai client, the full loop. (The real model's numbers: README.)"""
+    from afinar.demo.tools import TOOLS, ToolsDemoOptions, conversations, run_tools_demo
+
+    rows = conversations(12, seed=1)
+    assert {r["call"]["name"] for r in rows} == {t["function"]["name"] for t in TOOLS}
+    assert sum(len(r["messages"]) > 3 for r in rows) == 3  # every 4th has the whole loop
+    said = []
+    rep = run_tools_demo(ToolsDemoOptions(train_examples=12, test_examples=4, epochs=1,
+                                          base_model=str(tiny_model_dir), lora_layers=None,
+                                          output_dir=str(tmp_path / "demo")),
+                         settings, say=said.append)
+    assert [m["model"] for m in rep["models"]] == [str(tiny_model_dir), rep["name"]]
+    for m in rep["models"]:
+        assert 0 <= m["exact_arguments"] <= m["right_function"] <= m["tool_call_rate"] <= 1
+    assert len(rep["examples"]) == 4 and "request" in rep["loop"]
+    assert (tmp_path / "demo" / "report.json").exists() and said[0].startswith("[1/4]")
