@@ -137,6 +137,30 @@ def test_openai_client(srv):
     assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.2  # a real sentence encoder
 
 
+def test_lora_model_structured_output_in_a_shared_batch(srv):
+    """json_schema on a LoRA custom model and on its base, submitted together: each row follows
+    its own grammar (or none) under its own adapter."""
+    import jsonschema
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+    schema = {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]},
+                                               "n": {"type": "integer", "minimum": 0,
+                                                     "maximum": 9}},
+              "required": ["colour", "n"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
+    msgs = [{"role": "user", "content": "Colour of sky?"}]
+    jobs = [("tiny-lora", fmt), ("tiny", fmt), ("tiny-lora", None)]
+    with cf.ThreadPoolExecutor(3) as ex:
+        outs = list(ex.map(lambda j: client.chat.completions.create(
+            model=j[0], messages=msgs, max_tokens=40, **({"response_format": j[1]} if j[1]
+                                                         else {})), jobs))
+    for o in outs[:2]:
+        jsonschema.validate(json.loads(o.choices[0].message.content), schema)
+    free = outs[2].choices[0].message.content  # the unconstrained row stayed free
+    with pytest.raises((ValueError, jsonschema.ValidationError)):
+        jsonschema.validate(json.loads(free), schema)
+
+
 def test_concurrent_requests_are_batched(srv):
     rt = _runtime(srv)
     with urllib.request.urlopen(f"{srv.url}/afinar/engine") as r:

@@ -44,6 +44,7 @@ def srv(tmp_path_factory, tiny_model_dir):
         for mid in ("amazon.titan-text-express-v1", "meta.llama3-8b-instruct-v1:0",
                     "amazon.nova-lite-v1:0"):
             f.write(f'"{mid}" = "{tiny_model_dir}"\n')
+        f.write('"text-embedding-3-small" = "all-minilm-l6-v2"\n')
     s.start()
     yield s
     s.kill(signal.SIGTERM)
@@ -165,6 +166,25 @@ def test_openai_logprobs_seed_models_and_refusals(oa, srv):
 def test_openai_embeddings_fields(oa, srv):
     r = oa.embeddings.create(model="all-minilm-l6-v2", input=["hola", "adiós"])
     assert len(r.data) == 2 and len(r.data[0].embedding) == 384
+    aliased = oa.embeddings.create(model="text-embedding-3-small", input=["hola", "adiós"])
+    assert aliased.data[0].embedding == pytest.approx(r.data[0].embedding, abs=1e-6)
+    # token ids (what LangChain's OpenAIEmbeddings sends): read as cl100k_base where tiktoken
+    # has that encoding; offline without it, a 400 that names the field and the fix
+    ids = [71, 8083]
+    try:
+        import tiktoken
+        text = tiktoken.get_encoding("cl100k_base").decode(ids)
+    except Exception:
+        text = None
+    if text is None:
+        with pytest.raises(openai.BadRequestError) as e:
+            oa.embeddings.create(model="all-minilm-l6-v2", input=[ids])
+        assert e.value.body["param"] == "input" and "check_embedding_ctx_length" in \
+            e.value.body["message"]
+    else:
+        got = oa.embeddings.create(model="all-minilm-l6-v2", input=[ids]).data[0].embedding
+        want = oa.embeddings.create(model="all-minilm-l6-v2", input=text).data[0].embedding
+        assert got == pytest.approx(want, abs=1e-6)
     with pytest.raises(openai.BadRequestError) as e:
         oa.embeddings.create(model="all-minilm-l6-v2", input="x", dimensions=64)
     assert e.value.body["param"] == "dimensions"

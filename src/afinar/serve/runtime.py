@@ -58,6 +58,8 @@ class Runtime:
                 raise validation(f"{k} is not supported by afinar; remove it")
         if (p.get("performanceConfig") or {}).get("latency", "standard") != "standard":
             raise validation("performanceConfig.latency: only 'standard' is supported")
+        if (p.get("serviceTier") or {}).get("type", "default") != "default":
+            raise validation("serviceTier: only the default tier is supported")
         msgs, tools, issues = request_conversation(p.get("messages"), p.get("toolConfig"),
                                                    bedrock=True, system=p.get("system"))
         if issues:
