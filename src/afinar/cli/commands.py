@@ -443,6 +443,7 @@ def cmd_eval(args) -> int:
 # -- demo ---------------------------------------------------------------------------------------
 def add_demo(sub) -> None:
     from afinar.demo.stripe import DemoOptions
+    from afinar.demo.tools import ToolsDemoOptions
 
     d = DemoOptions()
     p = sub.add_parser("demo", help="end-to-end demos: 'stripe' (default) fine-tunes the "
@@ -452,13 +453,14 @@ def add_demo(sub) -> None:
                        "tools and scores the tool calls it returns through the openai client")
     p.add_argument("which", nargs="?", default="stripe", choices=["stripe", "cpt", "tools"],
                    help="which demo (default: stripe)")
-    p.add_argument("--train-examples", type=int, default=d.train_examples)
-    p.add_argument("--test-examples", type=int, default=d.test_examples)
-    p.add_argument("--validation-examples", type=int, default=d.validation_examples)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    p.add_argument("--lora-r", type=int, default=d.lora_r)
+    # None: each demo's own default (stripe: DemoOptions, tools: ToolsDemoOptions)
+    for flag, kind in (("--train-examples", int), ("--test-examples", int),
+                       ("--validation-examples", int), ("--epochs", int), ("--batch-size", int),
+                       ("--learning-rate", float), ("--lora-r", int)):
+        field = flag[2:].replace("-", "_")
+        tools_default = getattr(ToolsDemoOptions(), field, "-")
+        p.add_argument(flag, type=kind, default=None,
+                       help=f"default: {getattr(d, field)} for stripe, {tools_default} for tools")
     p.add_argument("--lora-layers", type=int, default=None,
                    help=f"LoRA on the top N layers only (0: all layers; default "
                         f"{d.lora_layers} for stripe, 15 for cpt)")
@@ -517,14 +519,11 @@ def _cmd_demo_cpt(args) -> int:
 def _cmd_demo_tools(args) -> int:
     from afinar.demo.tools import ToolsDemoOptions, run_tools_demo
 
-    d = ToolsDemoOptions()
-    opts = ToolsDemoOptions(
-        base_model=args.base_model, output_dir=args.output_dir, seed=args.seed,
-        epochs=args.epochs, batch_size=args.batch_size, lora_r=args.lora_r,
-        # the stripe demo's defaults for the shared flags stand unless given
-        train_examples=d.train_examples if args.train_examples == 400 else args.train_examples,
-        test_examples=d.test_examples if args.test_examples == 100 else args.test_examples,
-        learning_rate=args.learning_rate)
+    if args.validation_examples is not None:
+        raise ConfigError("--validation-examples: the tools demo holds no validation split",
+                          hint="use --train-examples / --test-examples")
+    opts = ToolsDemoOptions(**{k: getattr(args, k) for k in ToolsDemoOptions.__dataclass_fields__
+                               if getattr(args, k, None) is not None})
     if args.lora_layers is not None:
         opts.lora_layers = args.lora_layers or None
     bar = TqdmProgress(disable=args.quiet or args.json)

@@ -125,16 +125,22 @@ def _invoice(rng):
 OPERATIONS = [_subscription, _customer, _payment, _refund, _cancel, _invoice]
 
 
+def requests(n: int, rng: random.Random) -> list[tuple[str, str, dict]]:
+    """n distinct (request, api call, parameters), the operations in turn."""
+    out, seen = [], set()
+    while len(out) < n:
+        req, call, params = OPERATIONS[len(out) % len(OPERATIONS)](rng)
+        if req not in seen:
+            seen.add(req)
+            out.append((req, call, params))
+    return out
+
+
 def generate(n: int, seed: int = 0) -> list[dict]:
     """n instruction records {"instruction", "input", "output": {api_call, parameters}}."""
     rng = random.Random(seed)
-    rows, seen = [], set()
-    while len(rows) < n:
-        req, call, params = OPERATIONS[len(rows) % len(OPERATIONS)](rng)
-        if req in seen:
-            continue
-        seen.add(req)
-        rows.append({"system": SYSTEM, "instruction": INSTRUCTION, "input": req,
-                     "output": {"api_call": call, "parameters": params}})
+    rows = [{"system": SYSTEM, "instruction": INSTRUCTION, "input": req,
+             "output": {"api_call": call, "parameters": params}}
+            for req, call, params in requests(n, rng)]
     rng.shuffle(rows)
     return rows

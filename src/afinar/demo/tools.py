@@ -21,7 +21,7 @@ from afinar.config import Settings
 from afinar.data.check import check_file
 from afinar.data.readers import write_jsonl
 from afinar.demo import output_dir
-from afinar.demo.stripe_data import OPERATIONS
+from afinar.demo.stripe_data import requests
 from afinar.errors import DataError
 from afinar.progress import ProgressCallback, ProgressEvent, null_progress
 
@@ -65,12 +65,8 @@ def conversations(n: int, seed: int = 0, loop_every: int = 4) -> list[dict]:
     """n OpenAI fine-tuning records with tools; every `loop_every`-th one carries the tool's
     result and the assistant's closing answer."""
     rng = random.Random(seed)
-    rows, seen = [], set()
-    while len(rows) < n:
-        req, call, params = OPERATIONS[len(rows) % len(OPERATIONS)](rng)
-        if req in seen:
-            continue
-        seen.add(req)
+    rows = []
+    for req, call, params in requests(n, rng):
         name = TOOL_OF[call]
         cid = f"call_{len(rows)}"
         msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": req},
