@@ -21,7 +21,6 @@ model is never steered into inventing argument names.
 from __future__ import annotations
 
 import json
-import threading
 
 from afinar.data.tools import CALL_CLOSE, CALL_OPEN
 from afinar.inference.requests import RequestError
@@ -81,8 +80,6 @@ class Grammars:
 
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
         self.vocab_size = vocab_size
-        self.executor = None
-        self.lock = threading.Lock()
 
     def matcher(self, grammar: str, what: str):
         import llguidance
@@ -96,19 +93,15 @@ class Grammars:
             raise RequestError(f"{what}: cannot be enforced: {m.get_error()}")
         return m
 
-    def fill(self, rows: list[tuple[object, int]], bitmask) -> None:
-        """The allowed next tokens of each (matcher, row) into `bitmask` (batched, in
-        llguidance's thread pool)."""
-        import llguidance
+    @staticmethod
+    def fill(rows: list[tuple[object, int]], bitmask) -> None:
+        """The allowed next tokens of each (matcher, row) into `bitmask`. One row after the
+        other: a mask costs ~0.03 ms (benchmarks/constrained.py), against ~30 ms for a decoding
+        step, so llguidance's thread pool would buy nothing."""
         import llguidance.torch as lt
 
-        if len(rows) == 1:
-            lt.fill_next_token_bitmask(rows[0][0], bitmask, rows[0][1])
-            return
-        with self.lock:
-            if self.executor is None:
-                self.executor = llguidance.LLExecutor()
-        lt.fill_next_token_bitmask_par(self.executor, rows, bitmask)
+        for matcher, row in rows:
+            lt.fill_next_token_bitmask(matcher, bitmask, row)
 
     def bitmask(self, rows: int):
         import llguidance.torch as lt
@@ -117,6 +110,11 @@ class Grammars:
 
     @staticmethod
     def apply(scores, bitmask) -> None:
-        import llguidance.torch as lt
+        """Disallowed tokens' scores to -inf. Our own unpacking of the bits: measured 0.45 ms
+        for 8 rows x 49k tokens against 4-40 ms for llguidance.torch's CPU path."""
+        import torch
 
-        lt.apply_token_bitmask_inplace(scores, bitmask)
+        shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+        allowed = ((bitmask.unsqueeze(-1) >> shifts) & 1).view(bitmask.shape[0], -1)
+        scores.masked_fill_(allowed[:, :scores.shape[-1]].to(scores.device) == 0,
+                            float("-inf"))
