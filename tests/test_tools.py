@@ -224,6 +224,39 @@ def test_constrained_decoding_random_model_satisfies_schema(engine, tiny_model_d
         jsonschema.validate(json.loads(plain.result(300).text), PERSON)
 
 
+def test_auto_tool_call_is_held_to_the_schema_once_opened(engine, tiny_model_dir):
+    """tool_choice auto: the row is free until it writes <tool_call>; from there the call's
+    grammar (fed with what follows the tag) holds it to the tools' schemas."""
+    from afinar.inference.engine import _Rows
+    from afinar.inference.requests import GenRequest
+
+    tools = [{"name": "get_weather", "description": "", "parameters": {
+        "type": "object", "properties": {"city": {"enum": ["Rome", "Oslo"]}},
+        "required": ["city"]}}]
+    base, _ = engine.resolve(str(tiny_model_dir))
+    tok = base.tokenizer
+
+    def rows_for(text):
+        r = GenRequest(model=str(tiny_model_dir), messages=[], tools=tools)
+        rows = _Rows([r], [False], base)
+        rows.saw(0, "Checking.", tok)
+        assert r.matcher is None  # free text: no grammar yet
+        rows.saw(0, text, tok)
+        return r
+
+    def accepts(m, s):
+        return m.consume_tokens(tok(s, add_special_tokens=False)["input_ids"]) and \
+            not m.is_error()
+
+    r = rows_for('Let me check. <tool_call>\n{"name": "get_')
+    assert r.matcher is not None
+    assert not accepts(r.matcher.deep_copy(), 'weather", "arguments": {"city": "Lima"}}')
+    assert accepts(r.matcher, 'weather", "arguments": {"city": "Rome"}}\n</tool_call>')
+    assert r.matcher.is_accepting()
+    # already off the schema when the tag closes its token: left free (parsed as before)
+    assert rows_for('<tool_call>\n{"nme"').matcher is None
+
+
 CITIES = ["Paris", "Lima", "Oslo", "Tokyo"]
 
 

@@ -46,9 +46,12 @@ def _declared_only(s):
     return out
 
 
-def tool_call_grammar(tools: list[dict], name: str | None = None, parallel: bool = True) -> str:
+def tool_call_grammar(tools: list[dict], name: str | None = None, parallel: bool = True,
+                      started: bool = False) -> str:
     """A Lark grammar for one (or, with `parallel`, one or more) calls of `tools` (only the
-    one named `name`, when given)."""
+    one named `name`, when given). `started`: the grammar of what follows a `<tool_call>` the
+    model has already written (tool_choice auto: the model decides to call, the grammar then
+    holds the call to the tools' schemas)."""
     chosen = [t for t in tools if name is None or t["name"] == name]
     if not chosen:
         raise RequestError(f"tool_choice names function '{name}', which is not in tools "
@@ -58,9 +61,11 @@ def tool_call_grammar(tools: list[dict], name: str | None = None, parallel: bool
               "required": ["name", "arguments"], "additionalProperties": False}
              for t in chosen]
     schema = _compact(calls[0] if len(calls) == 1 else {"anyOf": calls})
-    opening, closing = json.dumps(CALL_OPEN + "\n"), json.dumps("\n" + CALL_CLOSE)
-    start = 'start: call ("\\n" call)*' if parallel else "start: call"
-    return f"{start}\ncall: {opening} %json{json.dumps(schema)} {closing}\n"
+    more = ' ("\\n" call)*' if parallel else ""
+    return (f"start: {'body' if started else 'call'}{more}\n"
+            f"call: {json.dumps(CALL_OPEN)} body\n"
+            f"body: {json.dumps(chr(10))} %json{json.dumps(schema)} "
+            f"{json.dumps(chr(10) + CALL_CLOSE)}\n")
 
 
 def json_grammar(schema: dict | None) -> str:

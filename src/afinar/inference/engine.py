@@ -272,6 +272,7 @@ class Engine:
                     hit_eos = bool(gen) and gen[-1] in eos
                     rows.took(i, gen[-1], hit_eos, tok)
                     text = tok.decode(gen[:-1] if hit_eos else gen, skip_special_tokens=True)
+                    rows.saw(i, text, tok)
                     stop_at = min((text.find(s) for s in r.stop if s and s in text),
                                   default=-1)
                     if stop_at >= 0:
@@ -336,12 +337,15 @@ class _Rows:
     chosen); `took` is told each row's chosen token (from the stopping criteria, after)."""
 
     def __init__(self, batch: list[GenRequest], done: list[bool], base: _Base):
-        self.batch, self.done = batch, done
+        self.batch, self.done, self.base = batch, done, base
         self.constrained = [i for i, r in enumerate(batch) if r.matcher is not None]
+        # tool_choice auto: free until the row writes <tool_call>, then held to the schemas
+        self.watched = {i for i, r in enumerate(batch)
+                        if r.parse_tools and r.tool_choice == "auto" and r.matcher is None}
         self.want_lp = [i for i, r in enumerate(batch) if r.logprobs]
-        self.active = bool(self.constrained or self.want_lp)
-        self.grammars = base.grammars if self.constrained else None
-        self.bitmask = self.grammars.bitmask(len(batch)) if self.constrained else None
+        self.active = bool(self.constrained or self.want_lp or self.watched)
+        self.grammars = base.grammar_compiler() if self.constrained or self.watched else None
+        self.bitmask = self.grammars.bitmask(len(batch)) if self.grammars else None
         self.pending: dict[int, torch.Tensor] = {}  # row -> log-probs of its next token
 
     def __call__(self, input_ids, scores):
@@ -353,6 +357,27 @@ class _Rows:
             self.grammars.fill(live, self.bitmask)
             self.grammars.apply(scores, self.bitmask)
         return scores
+
+    def saw(self, i: int, text: str, tok) -> None:
+        """A watched row that has just opened a tool call gets the call's grammar, fed with
+        what it already wrote after the tag."""
+        from afinar.data.tools import CALL_OPEN
+        from afinar.inference import constrain
+
+        if i not in self.watched or CALL_OPEN not in text:
+            return
+        self.watched.discard(i)
+        r = self.batch[i]
+        rest = text.split(CALL_OPEN, 1)[1]
+        try:
+            m = self.grammars.matcher(constrain.tool_call_grammar(
+                r.tools, None, r.parallel_tool_calls, started=True), "tools")
+        except RequestError:
+            return  # a grammar llguidance cannot build: the call stays free, parsed as now
+        if rest and not m.consume_tokens(tok(rest, add_special_tokens=False)["input_ids"]):
+            return  # already off the schema: left free
+        r.matcher = m
+        self.constrained.append(i)
 
     def took(self, i: int, token: int, is_eos: bool, tok) -> None:
         r = self.batch[i]
