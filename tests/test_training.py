@@ -93,6 +93,34 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_model_dir, settings):
         assert float(ra[2]) == pytest.approx(float(rb[2]), rel=1e-4)
 
 
+class _Planted:
+    """A pickle that runs code when loaded (what a tampered checkpoint could hold)."""
+
+    def __init__(self, mark):
+        self.mark = str(mark)
+
+    def __reduce__(self):
+        import pathlib
+        return (pathlib.Path.touch, (pathlib.Path(self.mark),))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path, tiny_model_dir, settings):
+    cfg = _cfg(tmp_path, tiny_model_dir, epochs=1, checkpoint_every=1)
+    calls = {"n": 0}
+
+    def stop_at_2():
+        calls["n"] += 1
+        return calls["n"] == 2
+
+    assert train(cfg, settings, should_stop=stop_at_2).status == "stopped"
+    ck = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
+    mark = tmp_path / "code-ran"
+    torch.save({"optimizer": _Planted(mark)}, ck / "optim.pt")
+    with pytest.raises(CheckpointError, match="objects other than tensors"):
+        train(cfg, settings, resume=True)
+    assert not mark.exists()
+
+
 def test_outputs_bedrock_layout_and_plain_loading(tmp_path, tiny_model_dir, settings):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

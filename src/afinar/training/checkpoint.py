@@ -4,6 +4,7 @@ run continues the same run (same batches, same dropout masks, same schedule)."""
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -61,7 +62,13 @@ def load_checkpoint(d: Path, trainer, fingerprint: dict) -> dict:
             f"checkpoint {d} belongs to a run with other settings: {diff} (checkpoint, now)",
             hint="resume with the original settings, or start a new run in another output dir")
     weights = load_file(str(d / "trainable.safetensors"))
-    blob = torch.load(d / "optim.pt", weights_only=False)
+    # weights_only: a checkpoint folder is data; a planted pickle must not run code here
+    try:
+        blob = torch.load(d / "optim.pt", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{d / 'optim.pt'} holds objects other than tensors and plain "
+                              f"values: {str(e).splitlines()[0]}",
+                              hint="it was not written by afinar; remove the checkpoint") from None
     trainer.load_state(weights, blob["optimizer"])
     trainer.scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])
