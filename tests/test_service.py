@@ -298,6 +298,10 @@ def test_errors_are_modelled_exceptions(server):
     st, h, body = raw("POST", "/model-customization-jobs",
                       json.dumps({k: v for k, v in req.items() if k != "roleArn"}).encode())
     assert st == 400 and "roleArn" in body["message"]
+    for bad in ("../../x/fake", "a/b", "a" * 63 + "b"):  # a name is never a path
+        st, h, body = raw("POST", "/model-customization-jobs",
+                          json.dumps({**req, "customModelName": bad}).encode())
+        assert st == 400 and "customModelName" in body["message"], body
     st, h, body = raw("GET", "/model-customization-jobs?maxResults=5000", b"")
     assert st == 400 and "maxResults" in body["message"]
 

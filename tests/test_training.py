@@ -93,6 +93,19 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_model_dir, settings):
         assert float(ra[2]) == pytest.approx(float(rb[2]), rel=1e-4)
 
 
+@pytest.mark.parametrize("name", ["../../x", "a/b", "a" * 300, "", ".hidden", "two words"])
+def test_bad_model_names_refused_before_any_work(tmp_path, tiny_model_dir, settings, name):
+    from afinar.errors import ConfigError
+    from afinar.models.registry import custom_model_record
+
+    with pytest.raises(ConfigError, match="'name': must be 1-63 letters"):
+        train(_cfg(tmp_path, tiny_model_dir, name=name), settings)
+    assert not (tmp_path / "run").exists() and not (tmp_path.parent / "x").exists()
+    (settings.home / "x").mkdir(parents=True)
+    (settings.home / "x" / "fake.json").write_text('{"name": "fake"}')
+    assert custom_model_record(settings, "../x/fake") is None  # a name is never a path
+
+
 class _Planted:
     """A pickle that runs code when loaded (what a tampered checkpoint could hold)."""
 

@@ -99,7 +99,21 @@ class ResolvedModel:
         return asdict(self)
 
 
+# a custom model's name names files under the home directory: one short path component
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+NAME_RULE = ("1-63 letters, digits, '.', '_' or '-', starting with a letter or digit (it names "
+             "a folder: no '/', '..' or spaces)")
+
+
+def valid_name(name: object) -> bool:
+    import re
+
+    return isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) is not None
+
+
 def custom_model_record(settings: Settings, name: str) -> dict | None:
+    if not valid_name(name):  # never a path: "../x" names no record
+        return None
     p = settings.custom_models_dir / f"{name}.json"
     if not p.exists():
         return None
@@ -107,6 +121,9 @@ def custom_model_record(settings: Settings, name: str) -> dict | None:
 
 
 def register_custom_model(settings: Settings, record: dict) -> Path:
+    if not valid_name(record["name"]):
+        from afinar.errors import ConfigError
+        raise ConfigError(f"custom model name {record['name'][:80]!r} must be {NAME_RULE}")
     settings.custom_models_dir.mkdir(parents=True, exist_ok=True)
     p = settings.custom_models_dir / f"{record['name']}.json"
     tmp = p.with_suffix(".tmp")

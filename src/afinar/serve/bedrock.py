@@ -25,8 +25,10 @@ from afinar.jobs.states import ACTIVE, PHASES
 from afinar.jobs.store import add_event, finish, set_fields
 from afinar.models.registry import (
     BUILTIN_MODELS,
+    NAME_RULE,
     custom_model_record,
     list_custom_models,
+    valid_name,
 )
 from afinar.serve.awsproto import ApiError, validation
 from afinar.storage import Storage, StorageError
@@ -142,6 +144,8 @@ class JobService:
         self._check_hyperparameters(req.get("hyperParameters") or {})
         target, base_id, base_arn, _ = self.resolve_base(req["baseModelIdentifier"])
         name, model_name = req["jobName"], req["customModelName"]
+        if not valid_name(model_name):
+            raise validation(f"customModelName '{model_name[:80]}' must be {NAME_RULE}")
         if custom_model_record(self.settings, model_name) is not None:
             raise ApiError("ConflictException", f"a custom model named '{model_name}' already "
                            f"exists; choose another customModelName or delete it first")

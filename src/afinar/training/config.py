@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -54,7 +55,9 @@ class TrainConfig(BaseModel):
                             description="Registry id, custom model, local dir, .gguf or hub id.")
     output_dir: str | None = Field(
         None, description="Where to write the run (default $AFINAR_HOME/runs/<name>).")
-    name: str | None = Field(None, description="Custom model name (default: derived from data).")
+    name: str | None = Field(None, description=(
+        "Custom model name (default: derived from data): 1-63 letters, digits, '.', '_' or "
+        "'-', starting with a letter or digit (it names a folder; no '/' or '..')."))
     method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full weights.")
     epochs: int = Field(2, ge=1, le=10, description="Passes over the training data (1-10).",
                         validation_alias=AliasChoices("epochs", "epochCount"))
@@ -102,6 +105,15 @@ class TrainConfig(BaseModel):
     merge: bool = Field(True, description="Also write a merged model (LoRA only).")
     skip_invalid: bool = Field(False, description="Skip invalid records instead of failing.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        from afinar.models.registry import NAME_RULE, valid_name
+
+        if v is not None and not valid_name(v):
+            raise ValueError(f"must be {NAME_RULE}")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -155,7 +167,8 @@ def parse_train_config(values: dict[str, Any], source: str = "arguments") -> Tra
             if err["type"] == "extra_forbidden":
                 msgs.append(f"unknown setting '{field}'")
             else:
-                msgs.append(f"'{name}': {err['msg']} (got {err.get('input')!r})")
+                msgs.append(f"'{name}': {err['msg'].removeprefix('Value error, ')} "
+                            f"(got {err.get('input')!r})")
         raise ConfigError(f"invalid training config in {source}: " + "; ".join(msgs),
                           hint=f"valid settings: {', '.join(sorted(TrainConfig.model_fields))}; "
                                f"see afinar train --help") from e

@@ -55,7 +55,11 @@ class TrainResult:
 
 
 def default_name(cfg: TrainConfig) -> str:
-    return f"{Path(cfg.train_data).stem}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    """<data file stem>-<UTC time>, kept to the characters and length NAME_PATTERN allows."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(cfg.train_data).stem).strip("-._")[:40]
+    return f"{stem or 'model'}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
 
 
 def _set_seed(seed: int) -> None:
