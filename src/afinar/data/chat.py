@@ -107,6 +107,17 @@ def bedrock_tools(config: Any, where: _Where, field: str = "toolConfig") -> list
     return out
 
 
+def bedrock_tool_choice(config: Any) -> str | dict:
+    """Bedrock's toolChoice ({"auto"} | {"any"} | {"tool": {"name"}}) as a GenRequest's
+    tool_choice ("auto" | "required" | {"name"})."""
+    choice = (config.get("toolChoice") or {}) if isinstance(config, dict) else {}
+    if "any" in choice:
+        return "required"
+    if "tool" in choice:
+        return {"name": (choice["tool"] or {}).get("name")}
+    return "auto"
+
+
 def check_arguments(args: Any, tool: dict) -> str | None:
     """Why `args` do not satisfy the tool's parameter schema, or None."""
     from jsonschema.validators import validator_for
@@ -132,10 +143,16 @@ def _text(content: Any) -> str | None:
     return None
 
 
+def _message_list(msgs: Any, where: _Where) -> bool:
+    if isinstance(msgs, list) and msgs:
+        return True
+    where("'messages' must be a non-empty list", "messages",
+          "wrong_type" if msgs is not None else "missing")
+    return False
+
+
 def openai_messages(msgs: Any, where: _Where) -> list[dict] | None:
-    if not isinstance(msgs, list) or not msgs:
-        where("'messages' must be a non-empty list", "messages",
-              "wrong_type" if msgs is not None else "missing")
+    if not _message_list(msgs, where):
         return None
     out = []
     for i, m in enumerate(msgs):
@@ -219,9 +236,7 @@ def bedrock_messages(rec: dict, where: _Where) -> list[dict] | None:
     elif system:
         out.append({"role": "system", "content": "\n".join(s["text"] for s in system)})
     msgs = rec.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        where("'messages' must be a non-empty list", "messages",
-              "wrong_type" if msgs is not None else "missing")
+    if not _message_list(msgs, where):
         return None
     turns = []
     for i, m in enumerate(msgs):

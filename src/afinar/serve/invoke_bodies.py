@@ -19,7 +19,7 @@ import json
 import uuid
 from collections.abc import Iterator
 
-from afinar.data.chat import request_conversation
+from afinar.data.chat import bedrock_tool_choice, request_conversation
 from afinar.inference.requests import GenRequest
 from afinar.serve.awsproto import validation
 
@@ -175,11 +175,7 @@ def _nova_request(b: dict) -> dict:
           "temperature": _num(c.get("temperature"), "temperature", 0.0),
           "top_p": _num(c.get("topP", c.get("top_p")), "topP", 1.0),
           "stop": c.get("stopSequences") or []}
-    choice = (b.get("toolConfig") or {}).get("toolChoice") or {}
-    if "any" in choice:
-        kw["tool_choice"] = "required"
-    elif "tool" in choice:
-        kw["tool_choice"] = {"name": choice["tool"].get("name")}
+    kw["tool_choice"] = bedrock_tool_choice(b.get("toolConfig"))
     return kw
 
 

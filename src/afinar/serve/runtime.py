@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Iterator
 
-from afinar.data.chat import request_conversation
+from afinar.data.chat import bedrock_tool_choice, request_conversation
 from afinar.data.tools import CallStream
 from afinar.inference.requests import GenRequest, Overloaded, RequestError
 from afinar.serve import eventstream, invoke_bodies
@@ -68,11 +68,7 @@ class Runtime:
         if not raw or raw[-1].get("role") != "user":
             raise validation("messages must end with a user message")
         kw = {"messages": msgs, "tools": tools} | self._inference(p)
-        choice = (p.get("toolConfig") or {}).get("toolChoice") or {"auto": {}}
-        if "any" in choice:
-            kw["tool_choice"] = "required"
-        elif "tool" in choice:
-            kw["tool_choice"] = {"name": choice["tool"].get("name")}
+        kw["tool_choice"] = bedrock_tool_choice(p.get("toolConfig"))
         out = p.get("outputConfig") or {}
         if out.get("effort"):
             raise validation("outputConfig.effort is not supported by afinar; remove it")
