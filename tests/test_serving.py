@@ -184,7 +184,8 @@ def test_evaluation_job_route(srv):
 
     def call(method, path, body=None):
         req = urllib.request.Request(srv.url + path, method=method, data=None if body is None
-                                     else json.dumps(body).encode())
+                                     else json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read())

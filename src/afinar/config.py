@@ -29,6 +29,13 @@ class Settings(BaseModel):
     allowed_roots: list[Path] = Field(default_factory=list,
                                       description="Local paths that jobs may read.")
     host: str = Field("127.0.0.1", description="Address the server binds.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names the server answers to besides its bound "
+        "address and loopback names (a reverse proxy's name); other Host headers are refused "
+        "(DNS rebinding).")
+    max_request_mb: int = Field(16, ge=1, le=1024, description="Largest API request body (MB).")
+    max_upload_mb: int = Field(1024, ge=1, le=1 << 20,
+                               description="Largest upload or data check body (MB).")
     port: int = Field(8080, ge=1, le=65535, description="Port the server binds.")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs that may run at once.")
     serve_max_batch: int = Field(8, ge=1, le=256, description="Requests generated together "
@@ -77,7 +84,7 @@ class Settings(BaseModel):
         return self.database_url or f"sqlite:///{self.home / 'afinar.db'}"
 
 
-_LIST_FIELDS = {"allowed_roots", "api_keys"}
+_LIST_FIELDS = {"allowed_roots", "api_keys", "allowed_hosts"}
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:

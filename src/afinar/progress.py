@@ -3,6 +3,7 @@ progress bar (tqdm) and a job worker records it as events."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,18 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 def null_progress(_: ProgressEvent) -> None:
     return None
+
+
+# a tqdm/rich bar: "45%|████", "12/50 [00:03<00:10, 3.2it/s]", block characters
+_BAR = re.compile(r"\d+%\||[█▏▎▍▌▋▊▉━]|\d+/\d+ \[\d|it/s\]|s/it\]")
+
+
+def log_tail(text: str, n: int = 5, limit: int = 1000) -> str:
+    """The last `n` meaningful lines of a log, joined by ' | ': progress-bar redraws (split on
+    carriage returns) and blank lines dropped, so a failure message quotes the error."""
+    lines = [x.strip() for x in re.split(r"[\r\n]+", text)]
+    keep = [x for x in lines if x and not _BAR.search(x)]
+    return " | ".join(keep[-n:])[-limit:]
 
 
 class TqdmProgress:

@@ -139,8 +139,9 @@ def inspect_data(path: Path) -> tuple[dict, list[str], list[str]]:
 
     if not path.exists():
         raise ConfigError(f"advise: {path} does not exist")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
-                                                 and not p.name.startswith("."))
+    from afinar.storage import files_under
+    files = [path] if path.is_file() else [p for p in files_under(path)
+                                           if not p.name.startswith(".")]
     records, docs, chars = {}, [], 0
     for f in files:
         fmt = FORMATS.get(f.suffix.lower())

@@ -36,8 +36,8 @@ def corpus_files(path: str | Path) -> list[Path]:
             raise DataError(f"{p}: a corpus file must be .jsonl ({{\"input\"}} or {{\"text\"}} "
                             f"records), .txt or .md; got '{p.suffix}'")
         return [p]
-    files = sorted(f for f in p.rglob("*") if f.is_file()
-                   and f.suffix.lower() in TEXT_SUFFIXES | RECORD_SUFFIXES)
+    from afinar.storage import files_under
+    files = [f for f in files_under(p) if f.suffix.lower() in TEXT_SUFFIXES | RECORD_SUFFIXES]
     if not files:
         raise DataError(f"{p}: the folder holds no .jsonl, .txt or .md files")
     return files

@@ -29,6 +29,32 @@ def embedding_model_path(identifier: str, settings: Settings) -> str:
     return identifier
 
 
+def check_embedding_model(identifier: str, settings: Settings, confined: bool = False) -> str:
+    """Fail now, not at the first sync, for an embedding model that cannot load: a registry
+    encoder, an alias of one, a local directory (only under the roots when `confined`, as for
+    ids that came over HTTP), or (not confined) anything sentence-transformers loads."""
+    from afinar.errors import ModelNotFoundError
+    from afinar.models.registry import BUILTIN_MODELS, path_under_roots
+
+    ident = settings.model_aliases.get(identifier, identifier)
+    encoders = [e for e in BUILTIN_MODELS.values() if e.kind == "encoder"]
+    if any(ident.lower() in (e.id, e.hub_id.lower(), e.name.lower()) for e in encoders):
+        return identifier
+    if ident != identifier:  # the operator's alias: trusted, but it must load
+        load_embedder(ident, settings)
+        return identifier
+    if confined:
+        if path_under_roots(ident, settings) is None:
+            raise ModelNotFoundError(
+                f"embedding model '{identifier[:200]}' is not available on this server",
+                hint=f"use {', '.join(e.id for e in encoders)}, map a name to a local model in "
+                     f"[model_aliases], or place a sentence-transformers folder under "
+                     f"allowed_roots")
+        return identifier
+    load_embedder(ident, settings)
+    return identifier
+
+
 class Embedder:
     def __init__(self, path: str, threads: int | None = None, batch_size: int = 64,
                  device: str | None = None):

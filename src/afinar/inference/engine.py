@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from afinar.config import Settings
-from afinar.errors import AfinarError
-from afinar.inference.requests import GenRequest, Overloaded, RequestError
+from afinar.errors import AfinarError, ModelNotFoundError
+from afinar.inference.requests import GenRequest, ModelUnavailable, Overloaded, RequestError
 
 
 @dataclass
@@ -58,8 +58,9 @@ class Engine:
     def __init__(self, settings: Settings, max_batch: int = 8, batch_window_ms: float = 30,
                  max_queue: int = 256, max_prompt_tokens: int = 4096,
                  max_output_tokens: int = 1024, memory_budget_mb: int = 8192,
-                 precision: str = "auto"):
+                 precision: str = "auto", confined: bool = False):
         self.settings = settings
+        self.confined = confined  # model ids come from clients: only what check_served allows
         self.max_batch, self.window = max_batch, batch_window_ms / 1000
         self.max_queue, self.max_prompt, self.max_output = max_queue, max_prompt_tokens, \
             max_output_tokens
@@ -85,9 +86,12 @@ class Engine:
                 if path in self.bases:
                     self.bases.move_to_end(path)
                     return self.bases[path], adapter
-            from afinar.models.registry import resolve_model
+            from afinar.models.registry import check_served, resolve_model
             try:
-                r = resolve_model(model_id, self.settings)
+                ident = check_served(model_id, self.settings) if self.confined else model_id
+                r = resolve_model(ident, self.settings)
+            except ModelNotFoundError as e:
+                raise ModelUnavailable(str(e).replace("\n  hint: ", "; ")) from None
             except AfinarError as e:
                 raise RequestError(str(e).replace("\n  hint: ", "; ")) from None
             adapter_dir = r.adapter_path if r.kind in ("adapter", "custom") else None

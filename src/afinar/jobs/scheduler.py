@@ -163,8 +163,10 @@ def _alive(pid: int, job_id: str) -> bool:
 
 
 def _tail_lines(p: Path, n: int) -> str:
+    from afinar.progress import log_tail
     try:
-        lines = [x for x in p.read_text(errors="replace").splitlines() if x.strip()]
+        with p.open("rb") as f:  # the end of a log that may be large
+            f.seek(max(0, p.stat().st_size - 64 * 1024))
+            return log_tail(f.read().decode("utf-8", "replace"), n)
     except OSError:
         return ""
-    return " | ".join(lines[-n:])[-1000:]

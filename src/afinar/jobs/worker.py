@@ -74,13 +74,15 @@ def run(job_id: str, settings: Settings) -> int:
 
         # -- data processing -------------------------------------------------------------------
         set_phase(engine, job_id, "dataProcessingDetails", "InProgress")
-        from afinar.training.config import parse_train_config
+        from afinar.training.config import parse_train_config, request_hyperparameters
         from afinar.training.trainer import Trainer
 
-        hp = dict(req.get("hyperParameters") or {})
-        values = {"checkpoint_every": 20, "type": "cpt" if cpt else "sft"}
-        values.update(hp)
-        values.update(train_data=str(train_path), base_model=row.base_model,
+        values = {"checkpoint_every": 20}
+        values.update(request_hyperparameters(req.get("hyperParameters") or {}))
+        if cpt or values.get("type") not in ("sft", "classify"):
+            values["type"] = "cpt" if cpt else "sft"
+        values.update(train_data=str(train_path),
+                      base_model=row.base_model,
                       output_dir=str(jobdir / "run"), name=row.output_model_name)
         if valid_path:
             values["validation_data"] = str(valid_path)

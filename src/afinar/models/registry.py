@@ -177,6 +177,35 @@ def resolve_model(identifier: str, settings: Settings,
              f"Hugging Face hub id; available: {', '.join(available_identifiers(settings))}")
 
 
+def path_under_roots(ident: str, settings: Settings) -> str | None:
+    """An absolute path that exists inside `allowed_roots` or the bucket root (symlinks
+    resolved), else None."""
+    if not ident or "\0" in ident or len(ident) > 1024 or not Path(ident).is_absolute():
+        return None
+    roots = [r.expanduser().resolve() for r in settings.allowed_roots]
+    roots.append(settings.bucket_root.resolve())
+    rp = Path(ident).resolve()
+    return str(rp) if any(r in rp.parents for r in roots) and rp.exists() else None
+
+
+def check_served(identifier: object, settings: Settings) -> str:
+    """A model id that arrived over HTTP, confined: a registry id, an alias, a custom model name,
+    or a path inside `allowed_roots` or the bucket root. Anything else (a path elsewhere, a hub
+    id, '../x') gets the same ModelNotFoundError whether or not it exists, so the answer says
+    nothing about the server's files and nothing reaches the network."""
+    ident = identifier.strip() if isinstance(identifier, str) else ""
+    if ident in settings.model_aliases or ident in BUILTIN_MODELS:
+        return ident
+    if valid_name(ident) and (settings.custom_models_dir / f"{ident}.json").is_file():
+        return ident
+    if (path := path_under_roots(ident, settings)) is not None:
+        return path
+    raise ModelNotFoundError(
+        f"model '{str(identifier)[:200]}' is not available on this server",
+        hint=f"use one of: {', '.join(available_identifiers(settings))}; other models can be "
+             f"mapped in [model_aliases] or placed under allowed_roots")
+
+
 def _from_custom_record(original: str, out: Path, rec: dict) -> ResolvedModel:
     """A run directory written by afinar: load its merged model (or the run dir itself)."""
     merged = out / "merged"

@@ -205,10 +205,12 @@ class KnowledgeBases:
     # -- knowledge bases ---------------------------------------------------------------------
     def create(self, name: str, embedding_model: str | None = None, *,
                description: str | None = None, role_arn: str | None = None,
-               config: dict | None = None) -> dict:
-        from afinar.inference.embed import DEFAULT_EMBEDDING_MODEL
+               config: dict | None = None, confined: bool = False) -> dict:
+        """`confined`: the embedding model id came from a client (see check_embedding_model)."""
+        from afinar.inference.embed import DEFAULT_EMBEDDING_MODEL, check_embedding_model
 
-        embedding_model = embedding_model or DEFAULT_EMBEDDING_MODEL
+        embedding_model = check_embedding_model(embedding_model or DEFAULT_EMBEDDING_MODEL,
+                                                self.settings, confined)
         with self.db.begin() as c:
             if c.execute(select(db.knowledge_bases.c.id).where(
                     db.knowledge_bases.c.name == name)).first():
@@ -382,23 +384,30 @@ class KnowledgeBases:
         if not base.is_dir():
             raise KnowledgeBaseError(f"data source '{src['name']}': {uri} is not a folder "
                                      f"(looked for {base})")
-        for p in sorted(base.rglob("*")):
-            if not p.is_file() or p.name.endswith(METADATA_SUFFIX):
+        from afinar.storage import files_under
+        links: list[Path] = []
+        top = base.resolve()
+        for p in files_under(top, links):
+            if p.name.endswith(METADATA_SUFFIX):
                 continue
-            rel = p.relative_to(base).as_posix()
+            rel = p.relative_to(top).as_posix()
             if any(part.startswith(".") for part in rel.split("/")):
                 stats.skipped += 1  # hidden files and folders (.git, .DS_Store, ...)
                 continue
             e = Entry(rel, prefix + rel if prefix else p.as_uri(), _hash_file(p),
                       lambda p=p: p)
             side = p.with_name(p.name + METADATA_SUFFIX)
-            if side.is_file():
+            if side.is_file() and not side.is_symlink():
                 stats.metadata_scanned += 1
                 try:
                     e.metadata = read_metadata(side, side.name)
                 except DocumentError as err:
                     e.error = err.message
             yield e
+        for link in links:  # never followed out of the source's folder
+            stats.skipped += 1
+            stats.failures.append(f"{link.relative_to(top).as_posix()}: a symbolic link to "
+                                  f"outside the data source; skipped")
 
     def _scan_s3(self, storage, loc, stats: SyncStats, tmp: Path) -> Iterator[Entry]:
         """Real S3: the ETag is the content hash, so unchanged objects are not downloaded."""

@@ -26,7 +26,6 @@ from afinar.errors import AfinarError
 from afinar.serve.awsproto import ApiError
 
 UPLOAD_BUCKET = "afinar-uploads"
-MAX_UPLOAD = 200 * 2**20
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _STEP = re.compile(r"step (\d+)/(\d+)\b")
 
@@ -55,14 +54,13 @@ def _last_step_event(engine, job_id: str) -> str | None:
             e.c.id.desc()).limit(1)).scalar()
 
 
-def router(settings, service, authenticate) -> APIRouter:
+def router(settings, service) -> APIRouter:
     r = APIRouter(prefix="/afinar")
 
     @r.get("/jobs/{job}/metrics")
-    async def metrics(job: str, request: Request):
+    async def metrics(job: str):
         from afinar.training.metrics import TRAIN_CSV, VALID_CSV
         try:
-            await authenticate(request, b"")
             row = await run_in_threadpool(service._job_row, job)
         except ApiError as e:
             return _err(404 if "NotFound" in e.code else 400, e.code, e.message)
@@ -73,77 +71,76 @@ def router(settings, service, authenticate) -> APIRouter:
         return {"jobName": row.name, "status": row.status, "progress": progress,
                 "training": _read_csv(run / TRAIN_CSV), "validation": _read_csv(run / VALID_CSV)}
 
-    async def _body(request: Request) -> bytes:
-        body = await request.body()
-        if len(body) > MAX_UPLOAD:
-            raise ApiError("ValidationException", f"the upload is {len(body) / 2**20:.0f} MB; "
-                           f"the limit is {MAX_UPLOAD // 2**20} MB")
-        if not body:
+    async def _spool(request: Request, dest: Path) -> int:
+        """The body streamed to `dest` (the gate bounds it by max_upload_mb); its size."""
+        n = 0
+        with open(dest, "wb") as f:
+            async for chunk in request.stream():
+                n += len(chunk)
+                await run_in_threadpool(f.write, chunk)
+        if n == 0:
             raise ApiError("ValidationException", "the request body (the file) is empty")
-        return body
+        return n
+
+    def _safe_name(filename: str) -> str:
+        return _SAFE.sub("-", Path(filename).name).strip("-.")[:100] or "data.jsonl"
 
     @r.post("/uploads")
     async def upload(request: Request, filename: str = "data.jsonl"):
-        try:
-            body = await _body(request)
-            await authenticate(request, body)
-        except ApiError as e:
-            return _err(400 if e.code != "AccessDeniedException" else 403, e.code, e.message)
         from afinar.storage import Storage
-        name = _SAFE.sub("-", Path(filename).name).strip("-.") or "data.jsonl"
+        name = _safe_name(filename)
         key = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S-%f')}/{name}"
-        uri = f"s3://{UPLOAD_BUCKET}/{key}"
         storage = Storage(settings)
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp) / Path(key).parent
             d.mkdir(parents=True)
-            (d / name).write_bytes(body)
+            try:
+                size = await _spool(request, d / name)
+            except ApiError as e:
+                return _err(400, e.code, e.message)
             await run_in_threadpool(storage.publish, d,
                                     storage.locate(f"s3://{UPLOAD_BUCKET}/{Path(key).parent}",
                                                    "upload"))
-        return {"s3Uri": uri, "bytes": len(body)}
+        return {"s3Uri": f"s3://{UPLOAD_BUCKET}/{key}", "bytes": size}
 
     @r.post("/data/check")
     async def data_check(request: Request, filename: str = "data.jsonl",
                          s3Uri: str | None = None):  # noqa: N803 - Bedrock's spelling
         """The body is the dataset; or, with `s3Uri`, a dataset already in storage."""
-        try:
-            if s3Uri:
-                await authenticate(request, await request.body())
-                body, filename = await run_in_threadpool(_fetch, s3Uri)
-            else:
-                body = await _body(request)
-                await authenticate(request, body)
-        except ApiError as e:
-            return _err(400, e.code, e.message)
-        name = _SAFE.sub("-", Path(filename).name).strip("-.") or "data.jsonl"
-        return await run_in_threadpool(_check, body, name)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                if s3Uri:
+                    p = await run_in_threadpool(_fetch, s3Uri, Path(tmp))
+                    name = _safe_name(s3Uri)
+                else:
+                    name = _safe_name(filename)
+                    p = Path(tmp) / name
+                    await _spool(request, p)
+            except ApiError as e:
+                return _err(400, e.code, e.message)
+            return await run_in_threadpool(_check, p, name)
 
-    def _fetch(uri: str) -> tuple[bytes, str]:
+    def _fetch(uri: str, tmp: Path) -> Path:
         from afinar.storage import Storage, StorageError
         st = Storage(settings)
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                p = st.fetch(st.locate(uri, "s3Uri"), Path(tmp), "s3Uri")
-                if p.stat().st_size > MAX_UPLOAD:
-                    raise ApiError("ValidationException", f"{uri} is larger than "
-                                   f"{MAX_UPLOAD // 2**20} MB")
-                return p.read_bytes(), Path(uri).name
+            p = st.fetch(st.locate(uri, "s3Uri"), tmp, "s3Uri")
         except StorageError as e:
             raise ApiError("ValidationException", str(e)) from None
+        if p.stat().st_size > settings.max_upload_mb * 2**20:
+            raise ApiError("ValidationException", f"{uri} is larger than max_upload_mb "
+                           f"({settings.max_upload_mb} MB)")
+        return p
 
-    def _check(body: bytes, name: str) -> dict | JSONResponse:
+    def _check(p: Path, name: str) -> dict | JSONResponse:
         from afinar.data.check import check_file
         from afinar.data.readers import read_records
         from afinar.data.schema import normalize
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / name
-            p.write_bytes(body)
-            try:
-                rep = check_file(p).to_dict()
-                exs = normalize(read_records(p)).examples
-            except AfinarError as e:
-                return _err(400, "ValidationException", str(e))
+        try:
+            rep = check_file(p).to_dict()
+            exs = normalize(read_records(p)).examples
+        except AfinarError as e:  # say the user's file name, never the server's temp path
+            return _err(400, "ValidationException", str(e).replace(str(p), name))
         rep["file"] = name
         for i in rep["errors"]:  # the temporary copy's path means nothing to the user
             i["file"] = name
@@ -159,11 +156,9 @@ def router(settings, service, authenticate) -> APIRouter:
         return rep
 
     @r.get("/advise")
-    async def advise(request: Request, changing: str | None = None,
-                     labelled: str | None = None, budget: str | None = None,
-                     specialization: str | None = None):
+    async def advise(changing: str | None = None, labelled: str | None = None,
+                     budget: str | None = None, specialization: str | None = None):
         from afinar.advisor import advise as run
-        await authenticate(request, b"")
         try:
             return run({"changing": changing, "labelled": labelled, "budget": budget,
                         "specialization": specialization}).to_dict()

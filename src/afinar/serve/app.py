@@ -8,7 +8,6 @@ stays small and responsive while workers train.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from afinar import __version__
 from afinar.config import Settings
 from afinar.jobs.scheduler import Scheduler
-from afinar.serve import afinar_api, auth, console, evaluations, eventstream
+from afinar.serve import afinar_api, auth, console, evaluations, eventstream, gate
 from afinar.serve import catalog as catalog_routes
 from afinar.serve import openai as openai_routes
 from afinar.serve.awsproto import ApiError, Router, error_body, parse_request, serialize_output
@@ -32,8 +31,10 @@ from afinar.serve.knowledge import (
     AGENT_RUNTIME_OPERATIONS,
     KnowledgeService,
 )
+from afinar.serve.threads import inference, inference_iter
 
 log = logging.getLogger("afinar.server")
+INFERENCE_AGENT_OPS = {"Retrieve", "RetrieveAndGenerate"}  # embed or generate: inference pool
 
 BEDROCK_OPERATIONS = {
     "CreateModelCustomizationJob": lambda s, p: s.create_job(p),
@@ -61,7 +62,6 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     routes = [(router, model, "bedrock"), (runtime_router, runtime_model, "runtime"),
               (Router(agent_model, list(AGENT_OPERATIONS)), agent_model, "agent"),
               (Router(agent_rt_model, list(AGENT_RUNTIME_OPERATIONS)), agent_rt_model, "agent")]
-    need_auth = auth.auth_required(settings)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -78,29 +78,27 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     app = FastAPI(title="afinar", version=__version__, lifespan=lifespan,
                   docs_url="/afinar/docs", openapi_url="/afinar/openapi.json", redoc_url=None)
     app.state.service = service
+    sessions = gate.Sessions()
+    app.add_middleware(gate.Gate, settings=settings, sessions=sessions)
 
     def err(e: ApiError) -> JSONResponse:
         status, body, headers = error_body(e, model)
         return JSONResponse(body, status_code=status, headers=headers)
 
-    async def authenticate(request: Request, body: bytes) -> None:
-        if need_auth:
-            scope = request.scope
-            raw = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
-            auth.check(settings, request.method, request.headers.get("host", ""), raw,
-                       scope.get("query_string", b"").decode("latin-1"), request.headers, body)
-
     @app.get("/afinar/health")
     async def health():
+        """Open to all (a load balancer's probe): says only that the server answers."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/afinar/status")
+    async def status():
         sched = service.scheduler
-        return {"status": "ok", "version": __version__,
-                "running": {j: p.pid for j, p in sched.running.items()} if sched else {},
+        return {"running": {j: p.pid for j, p in sched.running.items()} if sched else {},
                 "queued": sched.queued() if sched else 0}
 
     @app.get("/afinar/jobs/{job}/events")
-    async def events(job: str, request: Request, after: int = 0):
+    async def events(job: str, after: int = 0):
         try:
-            await authenticate(request, b"")
             return await run_in_threadpool(service.job_events, job, after)
         except ApiError as e:
             return err(e)
@@ -116,7 +114,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
                 from afinar.inference.engine import Engine
                 lazy["engine"] = Engine(settings, max_batch=settings.serve_max_batch,
                                         max_queue=settings.serve_max_queue,
-                                        memory_budget_mb=settings.serve_memory_mb)
+                                        memory_budget_mb=settings.serve_memory_mb,
+                                        confined=True)
             return lazy["engine"]
 
     def get_runtime():
@@ -132,26 +131,14 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         from afinar.inference.embed import DEFAULT_EMBEDDING_MODEL
         return knowledge.kbs.embedder({"embedding_model": DEFAULT_EMBEDDING_MODEL})
 
-    @app.middleware("http")
-    async def openai_auth(request: Request, call_next):
-        if need_auth and request.url.path.startswith(("/v1/", "/afinar/evaluations")):
-            key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not any(hmac.compare_digest(key, k) for k in settings.api_keys):
-                return JSONResponse({"error": {"message": "a valid API key is required "
-                                               "(Authorization: Bearer <one of api_keys>)",
-                                               "type": "invalid_request_error",
-                                               "code": "invalid_api_key", "param": None}},
-                                    status_code=401)
-        return await call_next(request)
-
     knowledge = KnowledgeService(settings, get_engine, service.serving_id, service.engine)
     app.state.knowledge = knowledge
     app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder,
                                             settings.model_aliases))
     app.include_router(evaluations.router(settings))
-    app.include_router(catalog_routes.router(settings, service, knowledge, authenticate))
-    app.include_router(afinar_api.router(settings, service, authenticate))
-    app.include_router(console.router())
+    app.include_router(catalog_routes.router(settings, service, knowledge))
+    app.include_router(afinar_api.router(settings, service))
+    app.include_router(console.router(settings, sessions))
 
     @app.get("/afinar/engine")
     async def engine_stats():
@@ -160,26 +147,26 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
                 "queued": len(e.pending) if e else 0}
 
     async def runtime_call(op, params):
-        rt = await run_in_threadpool(get_runtime)
+        rt = await inference(get_runtime)
         if op.name == "Converse":
-            result = await run_in_threadpool(rt.converse, params)
+            result = await inference(rt.converse, params)
             status, out = serialize_output(op, result)
             return JSONResponse(out, status_code=status)
         if op.name == "InvokeModel":
-            data = await run_in_threadpool(rt.invoke, params)
+            data = await inference(rt.invoke, params)
             return Response(data, media_type="application/json")
         fn = rt.converse_stream if op.name == "ConverseStream" else rt.invoke_stream
-        events = await run_in_threadpool(fn, params)  # errors before the stream: plain 4xx
+        events = await inference(fn, params)  # errors before the stream: plain 4xx
         headers = {"X-Amzn-Bedrock-Content-Type": "application/json"} \
             if op.name == "InvokeModelWithResponseStream" else {}
-        return StreamingResponse(events, media_type=eventstream.CONTENT_TYPE, headers=headers)
+        return StreamingResponse(inference_iter(events), media_type=eventstream.CONTENT_TYPE,
+                                 headers=headers)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
     async def bedrock(request: Request, path: str):
         body = await request.body()
         api_model = model
         try:
-            await authenticate(request, body)
             raw = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
             raw = raw.split("?", 1)[0]
             hit, kind = None, None
@@ -196,7 +183,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
             if kind == "runtime":
                 return await runtime_call(op, params)
             if kind == "agent":
-                result = await run_in_threadpool(AGENT_HANDLERS[op.name], knowledge, params)
+                run = inference if op.name in INFERENCE_AGENT_OPS else run_in_threadpool
+                result = await run(AGENT_HANDLERS[op.name], knowledge, params)
             else:
                 result = await run_in_threadpool(BEDROCK_OPERATIONS[op.name], service, params)
             status, out = serialize_output(op, result)

@@ -141,7 +141,7 @@ class JobService:
             self.storage.locate(req["outputDataConfig"]["s3Uri"], "outputDataConfig.s3Uri")
         except StorageError as e:
             raise validation(str(e)) from None
-        self._check_hyperparameters(req.get("hyperParameters") or {})
+        self._check_hyperparameters(req.get("hyperParameters") or {}, ctype)
         target, base_id, base_arn, _ = self.resolve_base(req["baseModelIdentifier"])
         name, model_name = req["jobName"], req["customModelName"]
         if not valid_name(model_name):
@@ -178,13 +178,18 @@ class JobService:
             self.scheduler.enqueue(job_id)
         return {"jobArn": row["arn"]}
 
-    def _check_hyperparameters(self, hp: dict) -> None:
-        from afinar.training.config import parse_train_config
+    def _check_hyperparameters(self, hp: dict, ctype: str) -> None:
+        from afinar.training.config import parse_train_config, request_hyperparameters
 
-        values = dict(hp)
-        values.update(train_data="x.jsonl", base_model="x")
         try:
-            parse_train_config(values, source="hyperParameters")
+            values = request_hyperparameters(hp)
+            cpt = ctype == "CONTINUED_PRE_TRAINING"
+            values.setdefault("type", "cpt" if cpt else "sft")
+            values.update(train_data="x.jsonl", base_model="x")
+            cfg = parse_train_config(values, source="hyperParameters")
+            if (cfg.type == "cpt") != cpt:
+                raise validation(f"hyperParameters.type {cfg.type} does not fit "
+                                 f"customizationType {ctype}")
         except AfinarError as e:
             raise validation(str(e).replace("\n  hint: ", ". ")) from None
 

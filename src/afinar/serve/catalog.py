@@ -17,24 +17,38 @@ from afinar.errors import AfinarError
 from afinar.serve.awsproto import ApiError
 
 BUCKET = "afinar-catalog"
+RUN_FIELDS = ("jobName", "customModelName", "baseModelIdentifier", "trainingDataUri",
+              "validationDataUri")
 
 
-def router(settings, service, knowledge, authenticate) -> APIRouter:
+def _run_params(p) -> dict:
+    """The run body's fields, each a short string; anything else is refused by name."""
+    if not isinstance(p, dict):
+        raise ApiError("ValidationException", "the body must be a JSON object")
+    for key, value in p.items():
+        if key not in RUN_FIELDS:
+            raise ApiError("ValidationException", f"unknown field '{key[:80]}'; a run takes "
+                           f"{', '.join(RUN_FIELDS)}")
+        if not isinstance(value, str) or not 0 < len(value) <= 1024:
+            raise ApiError("ValidationException", f"'{key}' must be a string of 1-1024 "
+                           f"characters")
+    return p
+
+
+def router(settings, service, knowledge) -> APIRouter:
     r = APIRouter(prefix="/afinar/catalog")
 
     def error(status: int, code: str, message: str) -> JSONResponse:
         return JSONResponse({"message": message, "code": code}, status_code=status)
 
     @r.get("")
-    async def list_recipes(request: Request):
+    async def list_recipes():
         from afinar.catalog import load_catalog
-        await authenticate(request, b"")
         return {"recipes": [x.summary() for x in load_catalog().values()]}
 
     @r.get("/{name}")
-    async def show(name: str, request: Request):
+    async def show(name: str):
         from afinar.catalog import get_recipe
-        await authenticate(request, b"")
         try:
             return get_recipe(name).model_dump()
         except AfinarError as e:
@@ -44,10 +58,7 @@ def router(settings, service, knowledge, authenticate) -> APIRouter:
     async def run(name: str, request: Request):
         body = await request.body()
         try:
-            await authenticate(request, body)
-            p = json.loads(body or b"{}")
-            if not isinstance(p, dict):
-                raise ApiError("ValidationException", "the body must be a JSON object")
+            p = _run_params(json.loads(body or b"{}"))
             return await run_in_threadpool(_run, name, p)
         except json.JSONDecodeError as e:
             return error(400, "ValidationException", f"invalid JSON body: {e.msg}")

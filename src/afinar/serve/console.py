@@ -60,8 +60,69 @@ def _hp_fields() -> str:
     return "\n".join(rows)
 
 
-def router() -> APIRouter:
+LOGIN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in · afinar</title>
+<link rel="stylesheet" href="/console/static/app.css">
+<script src="/console/static/login.js" defer></script>
+</head><body>
+<header><span class="brand">afinar</span></header>
+<main id="page" data-page="login">
+<h1>Sign in</h1>
+<p>This server requires authentication. Enter one of its API keys (<code>api_keys</code> in
+afinar.toml), or an access key as <code>ACCESS_KEY_ID:SECRET</code>.</p>
+<div id="error" role="alert" class="error" hidden></div>
+<form id="login-form">
+ <label>API key <input name="apiKey" type="password" autocomplete="current-password" required>
+ </label>
+ <button type="submit">Sign in</button>
+</form>
+</main></body></html>"""
+
+
+def router(settings, sessions) -> APIRouter:
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    from afinar.serve import auth
+    from afinar.serve.gate import SESSION_COOKIE, SESSION_TTL_S, _cookie
+
     r = APIRouter(include_in_schema=False)
+
+    @r.get("/console/login")
+    async def login_page():
+        return HTMLResponse(LOGIN)
+
+    @r.post("/console/login")
+    async def login(request: Request):
+        """{"apiKey": KEY or "ACCESS_KEY_ID:SECRET"} -> a session cookie (HttpOnly,
+        SameSite=Strict) that the console's own requests carry."""
+        import json
+        try:
+            key = json.loads(await request.body()).get("apiKey")
+        except (ValueError, AttributeError):
+            key = None
+        if not isinstance(key, str) or not key:
+            return JSONResponse({"message": "send {\"apiKey\": \"...\"}",
+                                 "code": "ValidationException"}, status_code=400)
+        akid, _, secret = key.partition(":")
+        if not (auth.valid_api_key(settings, key)
+                or (secret and auth.valid_access_key(settings, akid, secret))):
+            return JSONResponse({"message": auth.INVALID, "code": "AccessDeniedException"},
+                                status_code=401)
+        resp = JSONResponse({"ok": True})
+        resp.set_cookie(SESSION_COOKIE, sessions.start(), max_age=SESSION_TTL_S, httponly=True,
+                        samesite="strict", path="/",
+                        secure=request.url.scheme == "https")
+        return resp
+
+    @r.post("/console/logout")
+    async def logout(request: Request):
+        sessions.end(_cookie({"cookie": request.headers.get("cookie", "")}, SESSION_COOKIE))
+        resp = JSONResponse({"ok": True})
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
 
     @r.get("/")
     async def root():

@@ -125,7 +125,8 @@ class KnowledgeService:
                              "VECTOR knowledge bases (with vectorKnowledgeBaseConfiguration)")
         arn = cfg["vectorKnowledgeBaseConfiguration"]["embeddingModelArn"]
         model = self.embedding_model(arn)
-        kb = self.kbs.create(p["name"], model, description=p.get("description"),
+        aliased = model in self.settings.model_aliases.values()  # the operator's mapping
+        kb = self.kbs.create(p["name"], model, confined=not aliased, description=p.get("description"),
                              role_arn=p["roleArn"], config={
                                  "knowledgeBaseConfiguration": cfg,
                                  "storageConfiguration": p.get("storageConfiguration")})
@@ -372,7 +373,12 @@ class KnowledgeService:
 
     @api_errors
     def retrieve_and_generate(self, p: dict) -> dict:
-        from afinar.inference.requests import GenRequest, Overloaded, RequestError
+        from afinar.inference.requests import (
+            GenRequest,
+            ModelUnavailable,
+            Overloaded,
+            RequestError,
+        )
         from afinar.rag.answer import answer, citation_to_bedrock
 
         cfg = p.get("retrieveAndGenerateConfiguration")
@@ -401,10 +407,10 @@ class KnowledgeService:
                     stop=ti.get("stopSequences") or []))
             except Overloaded as e:
                 raise ApiError("ThrottlingException", e.message) from None
+            except ModelUnavailable as e:
+                raise ApiError("ResourceNotFoundException", e.message) from None
             except RequestError as e:
-                code = "ResourceNotFoundException" if "unknown model" in e.message or \
-                    "not installed" in e.message else "ValidationException"
-                raise ApiError(code, e.message) from None
+                raise validation(e.message) from None
             return req.result(timeout=600).text
 
         res = answer(self.kbs, kc["knowledgeBaseId"], p["input"]["text"], generate,

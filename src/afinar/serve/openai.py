@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from afinar.data.chat import request_conversation
 from afinar.data.tools import CallStream
-from afinar.inference.requests import GenRequest, Overloaded, RequestError
+from afinar.inference.requests import GenRequest, ModelUnavailable, Overloaded, RequestError
+from afinar.serve.threads import inference, inference_iter
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 EMBEDDING_NAMES = (EMBEDDING_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -294,24 +295,25 @@ def router(get_engine, list_models, get_embedder, aliases: dict | None = None) -
         return body
 
     async def _submit(model: str, kw: dict, n: int) -> list[GenRequest]:
-        engine = await run_in_threadpool(get_engine)
+        engine = await inference(get_engine)
         reqs = []
         try:
             for i in range(n):
                 seed = kw.get("seed")
                 one = kw | ({"seed": seed + i} if seed is not None and i else {})
-                reqs.append(await run_in_threadpool(engine.submit, GenRequest(model=model,
-                                                                              **one)))
+                reqs.append(await inference(engine.submit, GenRequest(model=model, **one)))
         except Overloaded as e:
             for q in reqs:
                 q.cancelled.set()
             raise BadRequest(e.message, status=429, code="rate_limit_exceeded") from None
+        except ModelUnavailable as e:
+            for q in reqs:
+                q.cancelled.set()
+            raise BadRequest(e.message, "model", 404, "model_not_found") from None
         except RequestError as e:
             for q in reqs:
                 q.cancelled.set()
-            nf = "unknown model" in e.message or "not installed" in e.message
-            raise BadRequest(e.message, "model" if nf else None, 404 if nf else 400,
-                             "model_not_found" if nf else None) from None
+            raise BadRequest(e.message) from None
         return reqs
 
     async def _generate(request: Request, chat: bool):
@@ -341,10 +343,10 @@ def router(get_engine, list_models, get_embedder, aliases: dict | None = None) -
                 if include_usage:
                     yield _sse(base | {"choices": [], "usage": _usage(reqs)})
                 yield "data: [DONE]\n\n"
-            return StreamingResponse(sse(), media_type="text/event-stream")
+            return StreamingResponse(inference_iter(sse()), media_type="text/event-stream")
         try:
             for q in reqs:
-                await run_in_threadpool(q.result, 600)
+                await inference(q.result, 600)
         except TimeoutError as e:
             return _error(504, str(e), "timeout")
         choices = [_chat_choice(i, q) if chat else
@@ -383,8 +385,8 @@ def router(get_engine, list_models, get_embedder, aliases: dict | None = None) -
                 raise BadRequest(f"unknown field '{sorted(unknown)[0]}'", sorted(unknown)[0])
         except BadRequest as e:
             return _error(e.status, e.message, code=e.code, param=e.param)
-        emb = await run_in_threadpool(get_embedder)
-        vecs, n_tok = await run_in_threadpool(emb.embed, texts)
+        emb = await inference(get_embedder)
+        vecs, n_tok = await inference(emb.embed, texts)
         if body.get("encoding_format") == "base64":
             import base64
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from afinar.data.chat import bedrock_tool_choice, request_conversation
 from afinar.data.tools import CallStream
-from afinar.inference.requests import GenRequest, Overloaded, RequestError
+from afinar.inference.requests import GenRequest, ModelUnavailable, Overloaded, RequestError
 from afinar.serve import eventstream, invoke_bodies
 from afinar.serve.awsproto import ApiError, validation
 
@@ -44,9 +44,9 @@ class Runtime:
             return self.engine.submit(GenRequest(model=ident, **kw))
         except Overloaded as e:
             raise ApiError("ThrottlingException", e.message) from None
+        except ModelUnavailable as e:
+            raise ApiError("ResourceNotFoundException", e.message) from None
         except RequestError as e:
-            if "unknown model" in e.message or "not installed" in e.message:
-                raise ApiError("ResourceNotFoundException", e.message) from None
             raise validation(e.message) from None
 
     def _converse_request(self, p: dict) -> GenRequest:

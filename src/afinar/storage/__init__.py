@@ -8,7 +8,9 @@ escape its root (`..`, symlinks pointing out).
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -18,6 +20,25 @@ from afinar.config import Settings
 
 class StorageError(ValueError):
     """A URI that is malformed, outside the allowed roots, or not there."""
+
+
+def files_under(root: Path, skipped: list[Path] | None = None) -> Iterator[Path]:
+    """Every regular file in the tree under `root`, sorted, never leaving it: directory symlinks
+    are not descended, and a file symlink counts only if its target is inside `root` too (one
+    planted in a bucket must not read /etc/passwd). Skipped links are appended to `skipped`."""
+    top = root.resolve()
+    for d, dirs, files in os.walk(top, followlinks=False):
+        dirs.sort()
+        for name in sorted(files) + sorted(x for x in dirs if os.path.islink(os.path.join(d, x))):
+            p = Path(d) / name
+            if p.is_symlink():
+                target = p.resolve()
+                if not (target.is_file() and top in target.parents):
+                    if skipped is not None:
+                        skipped.append(p)
+                    continue
+            if p.is_file():
+                yield p
 
 
 @dataclass(frozen=True)
@@ -94,7 +115,7 @@ class Storage:
     def publish(self, src_dir: Path, loc: Location) -> list[str]:
         """Copy a directory tree to an output prefix; returns the URIs written."""
         written = []
-        for f in sorted(p for p in src_dir.rglob("*") if p.is_file()):
+        for f in files_under(src_dir):
             rel = f.relative_to(src_dir).as_posix()
             if loc.remote:
                 key = f"{loc.key.rstrip('/')}/{rel}" if loc.key else rel

@@ -27,11 +27,20 @@ BEDROCK_ALIASES = {
     "learningRateWarmupSteps": "warmup_steps",
 }
 
+# Settings a request's hyperparameters may not set: they name files, folders or models, or
+# spend the server's resources. A job gets them from the request's typed fields
+# (trainingDataConfig, validationDataConfig, baseModelIdentifier, customModelName,
+# outputDataConfig) or from the server's settings, through the storage roots.
+SERVER_ONLY = frozenset({"train_data", "validation_data", "base_model", "output_dir",
+                         "name", "threads", "fsdp"})
+MAX_REQUEST_SETTINGS = 64
+MAX_SETTING_CHARS = 256
+
 
 class TrainConfig(BaseModel):
     """Hyperparameters and inputs of a fine-tuning run."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     type: Literal["sft", "cpt", "classify"] = Field(
         "sft", description="sft: supervised fine-tuning on prompt/answer data; cpt: continued "
@@ -172,6 +181,34 @@ def parse_train_config(values: dict[str, Any], source: str = "arguments") -> Tra
         raise ConfigError(f"invalid training config in {source}: " + "; ".join(msgs),
                           hint=f"valid settings: {', '.join(sorted(TrainConfig.model_fields))}; "
                                f"see afinar train --help") from e
+
+
+def request_hyperparameters(hp: Any, source: str = "hyperParameters") -> dict[str, Any]:
+    """The hyperparameters of a request (Bedrock's `hyperParameters`, a catalog run), checked
+    before anything is stored: an object of at most 64 documented settings, none of them a file,
+    model or server setting, each value short. Raises ConfigError naming the field."""
+    if not isinstance(hp, dict):
+        raise ConfigError(f"{source} must be an object of setting -> value, got "
+                          f"{type(hp).__name__}")
+    if len(hp) > MAX_REQUEST_SETTINGS:
+        raise ConfigError(f"{source} has {len(hp)} settings; at most {MAX_REQUEST_SETTINGS}")
+    allowed = sorted(set(TrainConfig.model_fields) - SERVER_ONLY) + sorted(BEDROCK_ALIASES)
+    for key, value in hp.items():
+        if key in SERVER_ONLY:
+            raise ConfigError(f"{source}.{key} cannot be set by a request: it names a file, a "
+                              f"model or a server resource",
+                              hint="give data in trainingDataConfig/validationDataConfig, the "
+                                   "model in baseModelIdentifier, the name in customModelName")
+        if key not in allowed:
+            raise ConfigError(f"{source}.{key[:80]} is not a hyperparameter",
+                              hint=f"valid hyperparameters: {', '.join(allowed)}")
+        if not isinstance(value, str | int | float | bool) or value is None:
+            raise ConfigError(f"{source}.{key} must be a string or a number, got "
+                              f"{type(value).__name__}")
+        if len(str(value)) > MAX_SETTING_CHARS:
+            raise ConfigError(f"{source}.{key} is {len(str(value))} characters long; at most "
+                              f"{MAX_SETTING_CHARS}")
+    return dict(hp)
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:

@@ -19,7 +19,8 @@ async function api(path, opts = {}) {
     init.body = JSON.stringify(opts.json);
     init.headers["content-type"] = "application/json";
   } else if (opts.body !== undefined) {
-    init.body = opts.body;
+    init.body = opts.body;  // a file: sent as bytes (the server refuses form-like types)
+    if (opts.body) init.headers["content-type"] = "application/octet-stream";
   }
   const r = await fetch(path, init);
   const text = await r.text();
