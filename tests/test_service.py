@@ -78,6 +78,10 @@ class Server:
         return boto3.client("bedrock", endpoint_url=self.url, region_name="us-east-1",
                             config=Config(retries={"max_attempts": 0}), **kw)
 
+    def events(self, job: str) -> list[dict]:
+        with urllib.request.urlopen(f"{self.url}/afinar/jobs/{job}/events", timeout=10) as r:
+            return json.loads(r.read())["events"]
+
     def put(self, key: str, rows) -> str:
         write_jsonl(self.bucket / key, rows)
         return f"s3://mi-bucket/{key}"
@@ -374,15 +378,30 @@ def test_stop_mid_training_keeps_checkpoints(server):
         bedrock.get_custom_model(modelIdentifier="m-stop")
 
 
-def test_sigkill_of_worker_fails_job_with_reason(server):
+def test_sigkill_of_worker_fails_job_with_reason_then_resume(server):
+    """A killed worker fails its job with the reason (no progress-bar noise quoted); `afinar
+    jobs resume` queues it again and the new worker starts from the kept checkpoint."""
     bedrock = server.client()
     arn = _long_job(server, bedrock, "to-kill", "m-kill")
-    _wait(bedrock, arn, until=(), cond=_training, timeout=120)
+    ck = server.home / "jobs" / arn[-12:] / "run" / "checkpoints"
+    _wait(bedrock, arn, until=(), cond=lambda j: _training(j) and any(ck.glob("step-*")),
+          timeout=180)
     pid = server.status()["running"][arn[-12:]]
     os.kill(pid, signal.SIGKILL)
-    j = _wait(bedrock, arn, timeout=30)
+    j = _wait(bedrock, arn, timeout=60)
     assert j["status"] == "Failed" and "SIGKILL" in j["failureMessage"]
+    assert "%|" not in j["failureMessage"] and "it/s]" not in j["failureMessage"]
     assert (server.home / "jobs" / arn[-12:] / "worker.log").exists()
+
+    from afinar.cli.main import main
+    assert main(["jobs", "--endpoint", server.url, "resume", "to-kill"]) == 0
+    assert main(["jobs", "--endpoint", server.url, "resume", "to-kill"]) != 0  # InProgress now
+
+    def resumed(_j) -> bool:
+        return any("resuming from step-" in e["message"] for e in server.events(arn[-12:]))
+    _wait(bedrock, arn, until=(), cond=resumed, timeout=180)
+    bedrock.stop_model_customization_job(jobIdentifier=arn)
+    assert _wait(bedrock, arn, timeout=180)["status"] in ("Stopped", "Completed")
 
 
 def test_server_sigkill_then_restart_resumes_from_checkpoint(server):

@@ -48,3 +48,37 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
 
 def collect(ns: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
     return {k: getattr(ns, k) for k in model.model_fields if getattr(ns, k, None) is not None}
+
+
+def int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi], or a usage error that says the range."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(
+                f"must be {f'from {lo} to {hi}' if hi is not None else f'at least {lo}'}; "
+                f"got {v}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(lo: float, hi: float | None = None):
+    """An argparse type: a finite number in [lo, hi]."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not math.isfinite(v) or v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(
+                f"must be a number {f'from {lo} to {hi}' if hi is not None else f'>= {lo}'}; "
+                f"got {text}")
+        return v
+    parse.__name__ = "number"
+    return parse

@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from afinar.cli.args import add_model_flags, collect
+from afinar.cli.args import add_model_flags, collect, float_in, int_in
 from afinar.cli.render import dump_json, err, out
 from afinar.config import Settings, load_settings
 from afinar.errors import AfinarError, ConfigError
@@ -36,16 +36,16 @@ def add_data(sub) -> None:
     c = dsub.add_parser("check", help="report problems and statistics before any compute")
     c.add_argument("file")
     c.add_argument("--json", action="store_true", help="machine-readable output")
-    c.add_argument("--max-length", type=int, default=512, help="token limit to check against")
+    c.add_argument("--max-length", type=int_in(8, 32768), default=512, help="token limit to check against")
     c.add_argument("--model", help="tokenizer to count tokens with (default: default model)")
     c.add_argument("--no-tokens", action="store_true", help="skip token counting")
     c.set_defaults(func=cmd_data_check)
     s = dsub.add_parser("split", help="deterministic train/validation/test split")
     s.add_argument("file")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--ratios", type=float, nargs=3, default=[0.8, 0.1, 0.1],
+    s.add_argument("--ratios", type=float_in(0, 1), nargs=3, default=[0.8, 0.1, 0.1],
                    metavar=("TRAIN", "VAL", "TEST"))
-    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--seed", type=int_in(0), default=42)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_data_split)
     c = dsub.add_parser("clean", help="remove duplicates and near duplicates, filter by "
@@ -53,15 +53,15 @@ def add_data(sub) -> None:
     c.add_argument("file")
     c.add_argument("--out", required=True, help="cleaned JSONL file to write")
     c.add_argument("--keep-duplicates", action="store_true", help="keep exact duplicates")
-    c.add_argument("--near-dup-threshold", type=float, default=0.9,
+    c.add_argument("--near-dup-threshold", type=float_in(0, 1), default=0.9,
                    help="character 5-gram Jaccard at or above which a record is a near "
                         "duplicate of an earlier one (default 0.9)")
     c.add_argument("--keep-near-duplicates", action="store_true")
-    c.add_argument("--min-chars", type=int, help="drop records shorter than this")
-    c.add_argument("--max-chars", type=int, help="drop records longer than this")
+    c.add_argument("--min-chars", type=int_in(0), help="drop records shorter than this")
+    c.add_argument("--max-chars", type=int_in(1), help="drop records longer than this")
     c.add_argument("--balance", choices=["down", "up"],
                    help="balance classes: downsample to the rarest or upsample to the commonest")
-    c.add_argument("--seed", type=int, default=42)
+    c.add_argument("--seed", type=int_in(0), default=42)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_data_clean)
 
@@ -315,8 +315,8 @@ def cmd_train(args) -> int:
 # -- generate / chat ----------------------------------------------------------------------------
 def _gen_flags(p) -> None:
     p.add_argument("--model", help="model id (default: the default model)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=int_in(1, 32768), default=256)
+    p.add_argument("--temperature", type=float_in(0, 2), default=0.0, help="0 = greedy")
     p.add_argument("--system", help="system prompt")
 
 
@@ -386,9 +386,9 @@ def add_eval(sub) -> None:
     p.add_argument("--data", required=True, help="test data with references")
     p.add_argument("--compare-base", action="store_true",
                    help="also evaluate each custom model's base model")
-    p.add_argument("--limit", type=int, help="only the first N examples")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int_in(1), help="only the first N examples")
+    p.add_argument("--max-new-tokens", type=int_in(1, 32768))
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=16)
     p.add_argument("--output-dir", help="write report.md and report.json here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -411,6 +411,9 @@ def cmd_eval(args) -> int:
                                   f"recorded base", hint="pass both with --model A --model B")
             if rec["base_model"] not in models:
                 models.insert(0, rec["base_model"])
+    if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise ConfigError(f"--output-dir {args.output_dir} is a file, not a folder",
+                          hint="name a folder (it is created if missing)")
     bar = TqdmProgress(disable=args.quiet or args.json)
     report = evaluate(models, args.data, settings, max_new_tokens=args.max_new_tokens,
                       batch_size=args.batch_size, limit=args.limit, progress=bar)
@@ -461,10 +464,10 @@ def add_demo(sub) -> None:
         tools_default = getattr(ToolsDemoOptions(), field, "-")
         p.add_argument(flag, type=kind, default=None,
                        help=f"default: {getattr(d, field)} for stripe, {tools_default} for tools")
-    p.add_argument("--lora-layers", type=int, default=None,
+    p.add_argument("--lora-layers", type=int_in(1), default=None,
                    help=f"LoRA on the top N layers only (0: all layers; default "
                         f"{d.lora_layers} for stripe, 15 for cpt)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int_in(0), default=d.seed)
     p.add_argument("--model", dest="base_model", help="base model (default: the default model)")
     p.add_argument("--output-dir", help="where to write data, model and report")
     p.add_argument("--json", action="store_true")
@@ -573,7 +576,7 @@ def add_predict(sub) -> None:
     g.add_argument("--text", action="append", help="text to label (repeatable)")
     g.add_argument("--data", help="a file of {\"text\"[, \"label\"]} records; with labels, "
                    "accuracy, macro-F1 and the confusion matrix are reported")
-    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--max-length", type=int_in(8, 32768), default=512)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 

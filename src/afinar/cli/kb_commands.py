@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from afinar.cli.args import int_in
 from afinar.cli.render import dump_json, out
 from afinar.config import load_settings
 from afinar.errors import ConfigError
@@ -111,7 +112,7 @@ def add_kb(sub) -> None:
     k.add_argument("question")
     k.add_argument("--model", default=None, help="generating model: registry id, custom "
                    "model, path (default: the configured default model)")
-    k.add_argument("--max-tokens", type=int, default=128)
+    k.add_argument("--max-tokens", type=int_in(1, 32768), default=128)
     k.add_argument("--prompt-template", help="template with $search_results$ (and optionally "
                                              "$query$)")
     _retrieval_flags(k)
@@ -142,7 +143,7 @@ def add_kb(sub) -> None:
     e.add_argument("--questions", required=True,
                    help='JSONL: {"question": ..., "expected_source": <document id, file name '
                         'or URI>} per line')
-    e.add_argument("-k", type=int, default=5)
+    e.add_argument("-k", type=int_in(1, 100), default=5)
     e.add_argument("--search-type", choices=["HYBRID", "SEMANTIC", "both"], default="both")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
@@ -153,19 +154,19 @@ def _chunking_flags(p) -> None:
                              "20% overlap)")
     g.add_argument("--strategy", default="FIXED_SIZE",
                    help="FIXED_SIZE, HIERARCHICAL, SEMANTIC or NONE")
-    g.add_argument("--max-tokens", type=int, default=300, help="FIXED_SIZE, SEMANTIC: 1-8192")
-    g.add_argument("--overlap-percentage", type=int, default=20, help="FIXED_SIZE: 1-99")
-    g.add_argument("--parent-tokens", type=int, default=1500, help="HIERARCHICAL parent size")
-    g.add_argument("--child-tokens", type=int, default=300, help="HIERARCHICAL child size")
-    g.add_argument("--overlap-tokens", type=int, default=60, help="HIERARCHICAL overlap")
-    g.add_argument("--buffer-size", type=int, default=0, help="SEMANTIC: 0-1")
-    g.add_argument("--breakpoint-percentile", type=int, default=95, help="SEMANTIC: 50-99")
+    g.add_argument("--max-tokens", type=int_in(1, 8192), default=300, help="FIXED_SIZE, SEMANTIC: 1-8192")
+    g.add_argument("--overlap-percentage", type=int_in(1, 99), default=20, help="FIXED_SIZE: 1-99")
+    g.add_argument("--parent-tokens", type=int_in(1, 8192), default=1500, help="HIERARCHICAL parent size")
+    g.add_argument("--child-tokens", type=int_in(1, 8192), default=300, help="HIERARCHICAL child size")
+    g.add_argument("--overlap-tokens", type=int_in(0, 8192), default=60, help="HIERARCHICAL overlap")
+    g.add_argument("--buffer-size", type=int_in(0, 1), default=0, help="SEMANTIC: 0-1")
+    g.add_argument("--breakpoint-percentile", type=int_in(50, 99), default=95, help="SEMANTIC: 50-99")
     g.add_argument("--chunking-config", help="a Bedrock chunkingConfiguration as JSON (or a "
                                              "file); overrides the flags above")
 
 
 def _retrieval_flags(p) -> None:
-    p.add_argument("-k", "--number-of-results", dest="k", type=int, default=5)
+    p.add_argument("-k", "--number-of-results", dest="k", type=int_in(1, 100), default=5)
     p.add_argument("--search-type", choices=["HYBRID", "SEMANTIC"], default=None,
                    help="HYBRID (BM25 + vectors, the default) or SEMANTIC (vectors only)")
     p.add_argument("--filter", help="a Bedrock metadata filter as JSON, e.g. "

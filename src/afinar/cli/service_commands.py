@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+from afinar.cli.args import int_in
 from afinar.cli.render import dump_json, err, out
 from afinar.config import Settings, load_settings
 from afinar.errors import AfinarError, ConfigError
@@ -68,8 +69,8 @@ def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="run the server: Bedrock customization jobs, Bedrock "
                        "runtime and OpenAI-compatible inference")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8080)")
-    p.add_argument("--max-concurrent-jobs", type=int, help="jobs that may train at once")
+    p.add_argument("--port", type=int_in(1, 65535), help="port (default 8080)")
+    p.add_argument("--max-concurrent-jobs", type=int_in(1, 64), help="jobs that may train at once")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
@@ -109,11 +110,13 @@ def add_jobs(sub) -> None:
     ls.add_argument("--status", choices=["InProgress", "Completed", "Failed", "Stopping",
                                          "Stopped"])
     ls.add_argument("--name-contains")
-    ls.add_argument("--max", type=int, default=50)
+    ls.add_argument("--max", type=int_in(1, 1000), default=50)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_jobs_list)
     for name, fn, hlp in (("get", cmd_jobs_get, "one job's details"),
-                          ("stop", cmd_jobs_stop, "stop a job (checkpoints are kept)")):
+                          ("stop", cmd_jobs_stop, "stop a job (checkpoints are kept)"),
+                          ("resume", cmd_jobs_resume, "resume a Failed or Stopped job from its "
+                                                      "last checkpoint")):
         g = js.add_parser(name, help=hlp)
         g.add_argument("job", help="job name or ARN")
         g.add_argument("--json", action="store_true")
@@ -198,28 +201,50 @@ def cmd_jobs_stop(args) -> int:
     return 0
 
 
-def cmd_jobs_logs(args) -> int:
+def _afinar_api(args, method: str, path: str) -> dict:
+    """One call to afinar's own routes (/afinar/...), with the first api key when configured."""
     import urllib.error
-    import urllib.parse
     import urllib.request
 
     base = endpoint(args).rstrip("/")
     s = _settings(args)
     headers = {"Authorization": f"Bearer {s.api_keys[0]}"} if s.api_keys else {}
+    req = urllib.request.Request(base + path, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            body = json.loads(e.read() or b"{}")
+        except ValueError:
+            body = {}
+        raise ServiceError(f"{e.headers.get('x-amzn-ErrorType', e.code)}: "
+                           f"{body.get('message', e.reason)}") from None
+    except urllib.error.URLError as e:
+        raise ServiceError(f"cannot reach the afinar server at {base}: {e.reason}",
+                           hint="start it with `afinar serve` or pass --endpoint") from None
+
+
+def cmd_jobs_resume(args) -> int:
+    import urllib.parse
+
+    res = _afinar_api(args, "POST", f"/afinar/jobs/{urllib.parse.quote(args.job, safe='')}"
+                                    f"/resume")
+    if args.json:
+        dump_json(res)
+    else:
+        out(f"{args.job} resumed " + (f"from {res['resumeFrom']}" if res.get("resumeFrom")
+                                      else "(no checkpoint kept: training starts over)"))
+    return 0
+
+
+def cmd_jobs_logs(args) -> int:
+    import urllib.parse
+
     after, status = 0, None
     while True:
-        url = f"{base}/afinar/jobs/{urllib.parse.quote(args.job, safe='')}/events?after={after}"
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                        timeout=30) as r:
-                data = json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            body = json.loads(e.read() or b"{}")
-            raise ServiceError(f"{e.headers.get('x-amzn-ErrorType', e.code)}: "
-                               f"{body.get('message', e.reason)}") from None
-        except urllib.error.URLError as e:
-            raise ServiceError(f"cannot reach the afinar server at {base}: {e.reason}",
-                               hint="start it with `afinar serve` or pass --endpoint") from None
+        data = _afinar_api(args, "GET", f"/afinar/jobs/{urllib.parse.quote(args.job, safe='')}"
+                                        f"/events?after={after}")
         for ev in data["events"]:
             out(f"{ev['time'][:19]}  {ev['level']:<5} {ev['message']}")
             after = ev["id"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from afinar import jsonutil
 from afinar.errors import Issue
 
 BEDROCK_SCHEMA_VERSION = "bedrock-conversation-2024"
@@ -217,7 +218,7 @@ def _openai_calls(calls: Any, f: str, where: _Where) -> list[dict]:
         args = fn.get("arguments", "{}")
         if isinstance(args, str):
             try:
-                args = json.loads(args)
+                args = jsonutil.loads(args)
             except ValueError as e:
                 where(f"arguments are not valid JSON: {e}", g + ".function.arguments",
                       "invalid_arguments")

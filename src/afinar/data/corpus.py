@@ -10,13 +10,13 @@ transformers' packed-sequence masks a document never attends to the one before i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from afinar import jsonutil
 from afinar.data.tokenize import Encoded
 from afinar.errors import DataError, Issue
 
@@ -61,7 +61,7 @@ def iter_documents(path: str | Path, issues: list[Issue]) -> Iterator[tuple[str,
                 if not raw.strip():
                     continue
                 try:
-                    rec = json.loads(raw.decode("utf-8"))
+                    rec = jsonutil.loads(raw.decode("utf-8"))
                 except UnicodeDecodeError:
                     issues.append(Issue("not valid UTF-8", n, file=str(f), code="encoding"))
                     continue

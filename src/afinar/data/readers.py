@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from afinar import jsonutil
 from afinar.errors import DataError, Issue
 
 MAX_LINE_BYTES = 1_000_000  # one JSONL record larger than this is almost always a mistake
+# a .json array or a Parquet file is read whole (several times its size in memory): beyond
+# this, JSONL, which is read line by line
+MAX_WHOLE_FILE_BYTES = 256 * 2**20
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
            ".parquet": "parquet", ".txt": "text", ".md": "text"}
@@ -78,10 +82,11 @@ def _read_jsonl(path: Path, max_line_bytes: int) -> ReadResult:
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                issues.append(Issue(f"malformed JSON: {e.msg} at column {e.colno}", lineno,
-                                    file=f, code="malformed_json"))
+                obj = jsonutil.loads(text)
+            except jsonutil.JSONProblem as e:
+                msg = e.message.replace(f" at line 1 column {e.column}", f" at column "
+                                        f"{e.column}") if e.column else e.message
+                issues.append(Issue(msg, lineno, file=f, code="malformed_json"))
                 continue
             if not isinstance(obj, dict):
                 issues.append(Issue(f"expected a JSON object, got {type(obj).__name__}", lineno,
@@ -101,17 +106,55 @@ def _decode_whole(path: Path) -> tuple[str | None, list[Issue]]:
                             file=str(path), code="invalid_utf8")]
 
 
+def _too_big(path: Path, fmt: str, unit: str) -> ReadResult | None:
+    size = path.stat().st_size
+    if size <= MAX_WHOLE_FILE_BYTES:
+        return None
+    return ReadResult(str(path), fmt, [], [Issue(
+        f"the file is {size / 2**20:,.0f} MB; a {fmt} file is read whole, so the limit is "
+        f"{MAX_WHOLE_FILE_BYTES // 2**20} MB: convert it to JSONL (one record per line), "
+        f"which is read line by line", None, file=str(path), code="file_too_large",
+        unit=unit)], unit=unit)
+
+
+def _checked(f: str, items: list, max_bytes: int, unit: str,
+             issues: list[Issue]) -> list[RawRecord]:
+    """Records of a file read whole, each checked as a JSONL line is: an object, not over the
+    size limit, its strings valid Unicode with no NUL."""
+    records = []
+    for i, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            issues.append(Issue(f"expected a JSON object, got {type(item).__name__}", i, file=f,
+                                code="not_an_object", unit=unit))
+            continue
+        size = len(json.dumps(item, ensure_ascii=False, default=str).encode("utf-8",
+                                                                           "surrogatepass"))
+        if size > max_bytes:
+            issues.append(Issue(f"record is {size:,} bytes, over the {max_bytes:,} limit", i,
+                                file=f, code="line_too_long", unit=unit))
+            continue
+        try:
+            jsonutil.check(item)
+        except jsonutil.JSONProblem as e:
+            issues.append(Issue(e.message, i, file=f, code="malformed_json", unit=unit))
+            continue
+        records.append(RawRecord(i, item))
+    return records
+
+
 def _read_json(path: Path, max_line_bytes: int) -> ReadResult:
     f = str(path)
+    if (big := _too_big(path, "json", "record")) is not None:
+        return big
     text, issues = _decode_whole(path)
     if text is None:
         return ReadResult(f, "json", [], issues, unit="record")
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        hint = " (one object per line? name the file .jsonl)" if "Extra data" in e.msg else ""
-        return ReadResult(f, "json", [], [Issue(f"malformed JSON: {e.msg} at column {e.colno}"
-                                                f"{hint}", e.lineno, file=f,
+        obj = jsonutil.loads(text, max_depth=jsonutil.MAX_DEPTH + 2)  # the array's own levels
+    except jsonutil.JSONProblem as e:
+        hint = " (one object per line? name the file .jsonl)" if "Extra data" in e.message \
+            else ""
+        return ReadResult(f, "json", [], [Issue(f"{e.message}{hint}", e.line, file=f,
                                                 code="malformed_json")])
     if isinstance(obj, dict):
         lists = [v for v in obj.values() if isinstance(v, list)]
@@ -119,13 +162,8 @@ def _read_json(path: Path, max_line_bytes: int) -> ReadResult:
     if not isinstance(obj, list):
         return ReadResult(f, "json", [], [Issue("expected a JSON array of objects", None, file=f,
                                                 code="not_an_array")])
-    records, issues = [], []
-    for i, item in enumerate(obj, start=1):
-        if isinstance(item, dict):
-            records.append(RawRecord(i, item))
-        else:
-            issues.append(Issue(f"expected a JSON object, got {type(item).__name__}", i, file=f,
-                                code="not_an_object", unit="record"))
+    issues = []
+    records = _checked(f, obj, max_line_bytes, "record", issues)
     return ReadResult(f, "json", records, issues, unit="record")
 
 
@@ -144,6 +182,10 @@ def _read_csv(path: Path, max_line_bytes: int) -> ReadResult:
                 issues.append(Issue(f"row has {len(extra)} more value(s) than the header",
                                     reader.line_num, file=f, code="csv_columns"))
                 continue
+            if any("\0" in (v or "") for v in row.values()):
+                issues.append(Issue("the row contains a NUL byte (binary data in a text file?)",
+                                    reader.line_num, file=f, code="nul_byte"))
+                continue
             records.append(RawRecord(reader.line_num, {k: v for k, v in row.items()}))
     except csv.Error as e:
         issues.append(Issue(f"malformed CSV: {e}", reader.line_num, file=f, code="malformed_csv"))
@@ -154,14 +196,16 @@ def _read_parquet(path: Path, max_line_bytes: int) -> ReadResult:
     import pyarrow.parquet as pq
 
     f = str(path)
+    if (big := _too_big(path, "parquet", "record")) is not None:
+        return big
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for corrupt files
         return ReadResult(f, "parquet", [], [Issue(f"cannot read Parquet: {e}", None, file=f,
                                                    code="malformed_parquet")], unit="record")
-    rows = table.to_pylist()
-    return ReadResult(f, "parquet", [RawRecord(i, r) for i, r in enumerate(rows, start=1)], [],
-                      unit="record")
+    issues: list[Issue] = []
+    records = _checked(f, table.to_pylist(), max_line_bytes, "record", issues)
+    return ReadResult(f, "parquet", records, issues, unit="record")
 
 
 def _read_text(path: Path, max_line_bytes: int) -> ReadResult:

@@ -6,7 +6,8 @@
         +--> Failed    <-----+
         +--> Stopped             (stopped before a worker picked it up)
 
-Completed, Failed and Stopped are final. Each phase of a job (validation, data processing,
+Completed is final. A Failed or Stopped job may be resumed (back to InProgress): its worker
+starts again from the last checkpoint it kept. Each phase of a job (validation, data processing,
 training) has its own status: NotStarted, InProgress, Completed, Stopping, Stopped, Failed.
 """
 
@@ -34,8 +35,8 @@ ALLOWED: dict[JobStatus, set[JobStatus]] = {
                             JobStatus.STOPPED},
     JobStatus.STOPPING: {JobStatus.STOPPED, JobStatus.COMPLETED, JobStatus.FAILED},
     JobStatus.COMPLETED: set(),
-    JobStatus.FAILED: set(),
-    JobStatus.STOPPED: set(),
+    JobStatus.FAILED: {JobStatus.IN_PROGRESS},  # resume
+    JobStatus.STOPPED: {JobStatus.IN_PROGRESS},  # resume
 }
 
 

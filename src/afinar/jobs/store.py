@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    exc,
     insert,
     select,
     text,
@@ -30,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
+from afinar.errors import ConfigError
 from afinar.jobs.states import PHASES, check_transition
 
 metadata = MetaData()
@@ -165,7 +168,34 @@ def as_utc(d: dt.datetime | None) -> dt.datetime | None:
     return d if d.tzinfo else d.replace(tzinfo=dt.UTC)
 
 
+def _sqlite_file(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    rest = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
 def connect(url: str, run_migrations: bool = True) -> Engine:
+    """The job store, migrated. A store that is not a database (truncated to 0 bytes, overwritten,
+    corrupt) is a ConfigError naming the file and what to do, never a silent empty start."""
+    path = _sqlite_file(url)
+    if path is not None and path.exists() and path.stat().st_size == 0:
+        raise ConfigError(f"the job store {path} is empty (0 bytes): it was truncated or "
+                          f"replaced, and its jobs, knowledge bases and events are gone",
+                          hint=f"restore it from a backup, or delete {path} to start afresh "
+                               f"with an empty store")
+    try:
+        engine = _connect(url, run_migrations)
+    except exc.DatabaseError as e:
+        where = path or url.split("@")[-1]
+        raise ConfigError(f"the job store {where} cannot be read: {e.orig or e}".strip(),
+                          hint=f"if the file is damaged, restore it from a backup or move it "
+                               f"away to start with an empty store ({where}); check "
+                               f"database_url otherwise") from None
+    return engine
+
+
+def _connect(url: str, run_migrations: bool) -> Engine:
     kw: dict = {"future": True, "json_serializer": lambda o: json.dumps(o, default=str)}
     if url.startswith("sqlite"):
         kw["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -233,6 +263,26 @@ def job_status(engine: Engine, job_id: str) -> str | None:
     with engine.connect() as c:
         row = c.execute(select(jobs.c.status).where(jobs.c.id == job_id)).first()
     return row.status if row else None
+
+
+def reopen(engine: Engine, job_id: str, note: str) -> None:
+    """A Failed or Stopped job back to InProgress for a new worker; phases that ended without
+    completing start again, and the attempt count restarts."""
+    with engine.begin() as c:
+        row = c.execute(select(jobs.c.status, jobs.c.status_details).where(
+            jobs.c.id == job_id)).first()
+        check_transition(job_id, row.status, "InProgress")
+        details = dict(row.status_details)
+        t = now()
+        for p in PHASES:
+            d = dict(details.get(p) or {})
+            if d.get("status") != "Completed":
+                d.update(status="NotStarted", lastModifiedTime=t.isoformat())
+            details[p] = d
+        c.execute(update(jobs).where(jobs.c.id == job_id).values(
+            status="InProgress", status_details=details, failure_message=None, end_time=None,
+            updated_at=t, worker_pid=None, attempts=0))
+    add_event(engine, job_id, note)
 
 
 def finish(engine: Engine, job_id: str, status: str, failure: str | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from afinar import jsonutil
 from afinar.errors import DataError, Issue
 
 
@@ -20,7 +21,7 @@ def read_questions(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = jsonutil.loads(line)
         except json.JSONDecodeError as e:
             issues.append(Issue(f"invalid JSON: {e.msg}", n, file=str(path)))
             continue

@@ -2,6 +2,8 @@
 console uses them as any client would):
 
 - GET  /afinar/jobs/{job}/metrics  step-wise training and validation metrics, as the job runs
+- POST /afinar/jobs/{job}/resume  queue a Failed or Stopped job again; it resumes from its last
+       checkpoint
 - POST /afinar/uploads?filename=NAME  the request body stored under the bucket root; returns
        its s3:// URI (for the create-job form)
 - POST /afinar/data/check?filename=NAME  the body checked as a dataset: schema, line-level
@@ -70,6 +72,15 @@ def router(settings, service) -> APIRouter:
         progress = {"step": int(m.group(1)), "total": int(m.group(2))} if m else None
         return {"jobName": row.name, "status": row.status, "progress": progress,
                 "training": _read_csv(run / TRAIN_CSV), "validation": _read_csv(run / VALID_CSV)}
+
+    @r.post("/jobs/{job}/resume")
+    async def resume(job: str):
+        """Resume a Failed or Stopped job from its last checkpoint."""
+        try:
+            return await run_in_threadpool(service.resume_job, job)
+        except ApiError as e:
+            status = 404 if "NotFound" in e.code else 409 if "Conflict" in e.code else 400
+            return _err(status, e.code, e.message)
 
     async def _spool(request: Request, dest: Path) -> int:
         """The body streamed to `dest` (the gate bounds it by max_upload_mb); its size."""

@@ -192,6 +192,12 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         except ApiError as e:
             status, b, headers = error_body(e, api_model)
             return JSONResponse(b, status_code=status, headers=headers)
+        except (RecursionError, UnicodeError) as e:  # input no handler should have let through
+            log.exception("bad input reached a handler")
+            status, b, headers = error_body(ApiError(
+                "ValidationException", f"the request cannot be processed: "
+                f"{type(e).__name__} (too deeply nested, or invalid Unicode)"), api_model)
+            return JSONResponse(b, status_code=status, headers=headers)
         except Exception as e:  # never a bare 500 page: botocore still gets a modelled error
             log.exception("internal error")
             return err(ApiError("InternalServerException",

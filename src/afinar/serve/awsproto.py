@@ -11,7 +11,6 @@ expects. botocore has no server half, hence this module.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -19,6 +18,8 @@ from urllib.parse import parse_qsl, unquote
 
 from botocore.loaders import Loader
 from botocore.model import OperationModel, ServiceModel, Shape
+
+from afinar import jsonutil
 
 
 class ApiError(Exception):
@@ -129,7 +130,7 @@ def parse_request(op: OperationModel, labels: dict[str, str], query: str, header
         body = b""
     if body.strip():
         try:
-            doc = json.loads(body)
+            doc = jsonutil.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise validation(f"the request body is not valid JSON: {e}") from None
         if not isinstance(doc, dict):

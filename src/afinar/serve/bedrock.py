@@ -259,6 +259,30 @@ class JobService:
             out["nextToken"] = _encode_token(offset + limit)
         return out
 
+    def resume_job(self, ident: str) -> dict:
+        """A Failed or Stopped job queued again; the worker resumes from its last checkpoint."""
+        r = self._job_row(ident)
+        if r.status not in ("Failed", "Stopped"):
+            raise ApiError("ValidationException", f"job '{r.name}' is {r.status}; only Failed "
+                           f"or Stopped jobs can be resumed")
+        if custom_model_record(self.settings, r.output_model_name) is not None:
+            raise ApiError("ConflictException", f"custom model '{r.output_model_name}' exists "
+                           f"now; delete it before resuming job '{r.name}'")
+        with self.engine.connect() as c:
+            busy = c.execute(select(db.jobs.c.name).where(and_(
+                db.jobs.c.output_model_name == r.output_model_name,
+                db.jobs.c.status.in_(ACTIVE)))).first()
+        if busy:
+            raise ApiError("ConflictException", f"job '{busy.name}' is already creating custom "
+                           f"model '{r.output_model_name}'")
+        ckpts = sorted((self.settings.jobs_dir / r.id / "run" / "checkpoints").glob("step-*"))
+        db.reopen(self.engine, r.id, f"resume requested: from {ckpts[-1].name}" if ckpts
+                  else "resume requested: no checkpoint was kept, so training starts over")
+        if self.scheduler:
+            self.scheduler.enqueue(r.id)
+        return {"jobArn": r.arn, "status": "InProgress",
+                "resumeFrom": ckpts[-1].name if ckpts else None}
+
     def stop_job(self, ident: str) -> dict:
         r = self._job_row(ident)
         if r.status not in ACTIVE:

@@ -7,12 +7,12 @@ baseModelIdentifier, trainingDataUri, validationDataUri."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from afinar import jsonutil
 from afinar.errors import AfinarError
 from afinar.serve.awsproto import ApiError
 
@@ -58,10 +58,10 @@ def router(settings, service, knowledge) -> APIRouter:
     async def run(name: str, request: Request):
         body = await request.body()
         try:
-            p = _run_params(json.loads(body or b"{}"))
+            p = _run_params(jsonutil.loads(body or b"{}"))
             return await run_in_threadpool(_run, name, p)
-        except json.JSONDecodeError as e:
-            return error(400, "ValidationException", f"invalid JSON body: {e.msg}")
+        except jsonutil.JSONProblem as e:
+            return error(400, "ValidationException", f"invalid JSON body: {e.message}")
         except ApiError as e:
             return error(e.status or (404 if "NotFound" in e.code else 400), e.code, e.message)
         except AfinarError as e:

@@ -11,6 +11,8 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
+from afinar import jsonutil
+
 STATIC = Path(__file__).resolve().parents[1] / "webui" / "static"
 NAV = [("jobs", "Jobs"), ("data", "Data check"), ("models", "Models"),
        ("playground", "Playground"), ("evaluations", "Evaluation"),
@@ -98,9 +100,9 @@ def router(settings, sessions) -> APIRouter:
     async def login(request: Request):
         """{"apiKey": KEY or "ACCESS_KEY_ID:SECRET"} -> a session cookie (HttpOnly,
         SameSite=Strict) that the console's own requests carry."""
-        import json
+
         try:
-            key = json.loads(await request.body()).get("apiKey")
+            key = jsonutil.loads(await request.body()).get("apiKey")
         except (ValueError, AttributeError):
             key = None
         if not isinstance(key, str) or not key:

@@ -24,6 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from afinar import jsonutil
 from afinar.config import Settings
 from afinar.storage import Storage, StorageError
 
@@ -184,7 +185,7 @@ def router(settings: Settings) -> APIRouter:
     @r.post("")
     async def create(request: Request):
         try:
-            body = json.loads(await request.body())
+            body = jsonutil.loads(await request.body())
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
             return JSONResponse(await run_in_threadpool(ev.create, body), status_code=201)

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from afinar import jsonutil
 from afinar.data.chat import request_conversation
 from afinar.data.tools import CallStream
 from afinar.inference.requests import GenRequest, ModelUnavailable, Overloaded, RequestError
@@ -284,7 +285,7 @@ def router(get_engine, list_models, get_embedder, aliases: dict | None = None) -
 
     async def _body(request: Request) -> dict:
         try:
-            body = json.loads(await request.body())
+            body = jsonutil.loads(await request.body())
         except ValueError as e:
             raise BadRequest(f"the request body is not valid JSON: {e}") from None
         if not isinstance(body, dict):

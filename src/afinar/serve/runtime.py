@@ -19,6 +19,7 @@ import json
 import time
 from collections.abc import Iterator
 
+from afinar import jsonutil
 from afinar.data.chat import bedrock_tool_choice, request_conversation
 from afinar.data.tools import CallStream
 from afinar.inference.requests import GenRequest, ModelUnavailable, Overloaded, RequestError
@@ -75,7 +76,7 @@ class Runtime:
         fmt = out.get("textFormat")
         if fmt:
             try:
-                kw["json_schema"] = json.loads(fmt["structure"]["jsonSchema"]["schema"])
+                kw["json_schema"] = jsonutil.loads(fmt["structure"]["jsonSchema"]["schema"])
             except (KeyError, TypeError, ValueError) as e:
                 raise validation(f"outputConfig.textFormat.structure.jsonSchema.schema must be "
                                  f"a JSON schema as a string: {e}") from None
@@ -257,7 +258,7 @@ class _Blocks:
 
 def _json_body(p: dict) -> dict:
     try:
-        body = json.loads(p.get("body") or b"")
+        body = jsonutil.loads(p.get("body") or b"")
     except ValueError as e:
         raise validation(f"body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
