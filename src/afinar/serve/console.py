@@ -8,8 +8,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from afinar import jsonutil
 
@@ -84,9 +84,6 @@ afinar.toml), or an access key as <code>ACCESS_KEY_ID:SECRET</code>.</p>
 
 
 def router(settings, sessions) -> APIRouter:
-    from fastapi import Request
-    from fastapi.responses import JSONResponse
-
     from afinar.serve import auth
     from afinar.serve.gate import SESSION_COOKIE, SESSION_TTL_S, _cookie
 
