@@ -129,23 +129,21 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="afinar-bench-"))
     total = args.size_mb << 20
 
-    p, port = start(tmp / "auth", 'require_auth = true\napi_keys = ["k"]\n')
-    try:
+    def post_big(p, port, what):
         base, peak, st = peak_rss_during(p.pid, lambda: big_post(
             port, "/model-customization-jobs", total, {"Content-Type": "application/json"}))
-        print(f"{args.size_mb} MB unauthenticated POST (auth required): HTTP {st}; server RSS "
-              f"{base / 2**20:.0f} MB before, peak {peak / 2**20:.0f} MB "
-              f"(+{(peak - base) / 2**20:.1f} MB)")
+        print(f"{args.size_mb} MB {what}: HTTP {st}; server RSS {base / 2**20:.0f} MB before, "
+              f"peak {peak / 2**20:.0f} MB (+{(peak - base) / 2**20:.1f} MB)")
+
+    p, port = start(tmp / "auth", 'require_auth = true\napi_keys = ["k"]\n')
+    try:
+        post_big(p, port, "unauthenticated POST (auth required)")
     finally:
         p.kill()
 
     p, port = start(tmp / "open", "")
     try:
-        base, peak, st = peak_rss_during(p.pid, lambda: big_post(
-            port, "/model-customization-jobs", total, {"Content-Type": "application/json"}))
-        print(f"{args.size_mb} MB POST to an API route (loopback, max_request_mb 16): HTTP {st};"
-              f" server RSS {base / 2**20:.0f} MB before, peak {peak / 2**20:.0f} MB "
-              f"(+{(peak - base) / 2**20:.1f} MB)")
+        post_big(p, port, "POST to an API route (loopback, max_request_mb 16)")
         call(port, "POST", "/v1/chat/completions", json.dumps({  # load the model first
             "model": "smollm2-135m-instruct", "max_tokens": 1,
             "messages": [{"role": "user", "content": "hi"}]}).encode(),

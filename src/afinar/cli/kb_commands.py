@@ -150,17 +150,18 @@ def add_kb(sub) -> None:
 
 
 def _chunking_flags(p) -> None:
+    # chunking numbers: plain ints here, checked with Bedrock's field names by rag/chunking.py
     g = p.add_argument_group("chunking (Bedrock's strategies; default FIXED_SIZE 300 tokens, "
                              "20% overlap)")
     g.add_argument("--strategy", default="FIXED_SIZE",
                    help="FIXED_SIZE, HIERARCHICAL, SEMANTIC or NONE")
-    g.add_argument("--max-tokens", type=int_in(1, 8192), default=300, help="FIXED_SIZE, SEMANTIC: 1-8192")
-    g.add_argument("--overlap-percentage", type=int_in(1, 99), default=20, help="FIXED_SIZE: 1-99")
-    g.add_argument("--parent-tokens", type=int_in(1, 8192), default=1500, help="HIERARCHICAL parent size")
-    g.add_argument("--child-tokens", type=int_in(1, 8192), default=300, help="HIERARCHICAL child size")
-    g.add_argument("--overlap-tokens", type=int_in(0, 8192), default=60, help="HIERARCHICAL overlap")
-    g.add_argument("--buffer-size", type=int_in(0, 1), default=0, help="SEMANTIC: 0-1")
-    g.add_argument("--breakpoint-percentile", type=int_in(50, 99), default=95, help="SEMANTIC: 50-99")
+    g.add_argument("--max-tokens", type=int, default=300, help="FIXED_SIZE, SEMANTIC: 1-8192")
+    g.add_argument("--overlap-percentage", type=int, default=20, help="FIXED_SIZE: 1-99")
+    g.add_argument("--parent-tokens", type=int, default=1500, help="HIERARCHICAL parent size")
+    g.add_argument("--child-tokens", type=int, default=300, help="HIERARCHICAL child size")
+    g.add_argument("--overlap-tokens", type=int, default=60, help="HIERARCHICAL overlap")
+    g.add_argument("--buffer-size", type=int, default=0, help="SEMANTIC: 0-1")
+    g.add_argument("--breakpoint-percentile", type=int, default=95, help="SEMANTIC: 50-99")
     g.add_argument("--chunking-config", help="a Bedrock chunkingConfiguration as JSON (or a "
                                              "file); overrides the flags above")
 

@@ -137,7 +137,10 @@ def run_tools_demo(opts: ToolsDemoOptions, settings: Settings,
     say(f"[4/4] Serving on 127.0.0.1; the openai client calls base and tuned with tools on "
         f"{len(test_rows)} held-out requests")
     t = time.time()
-    with _served(settings) as url:
+    # the demo's own base model may be a path: the server it starts serves it by that name
+    served = settings.model_copy(update={"model_aliases": {**settings.model_aliases,
+                                                           base: base}})
+    with _served(served) as url:
         scores = {m: score_tool_calls(url, m, test_rows, opts.concurrency, progress)
                   for m in (base, name)}
         loop = full_loop(url, name, test_rows[0])

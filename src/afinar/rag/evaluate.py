@@ -6,7 +6,6 @@ matches a retrieved document by id, file name or URI.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from afinar import jsonutil
@@ -22,8 +21,8 @@ def read_questions(path: Path) -> list[dict]:
             continue
         try:
             obj = jsonutil.loads(line)
-        except json.JSONDecodeError as e:
-            issues.append(Issue(f"invalid JSON: {e.msg}", n, file=str(path)))
+        except jsonutil.JSONProblem as e:
+            issues.append(Issue(f"invalid JSON: {e.message}", n, file=str(path)))
             continue
         for f in ("question", "expected_source"):
             if not isinstance(obj, dict) or not isinstance(obj.get(f), str) or not obj[f].strip():

@@ -27,18 +27,19 @@ def files_under(root: Path, skipped: list[Path] | None = None) -> Iterator[Path]
     are not descended, and a file symlink counts only if its target is inside `root` too (one
     planted in a bucket must not read /etc/passwd). Skipped links are appended to `skipped`."""
     top = root.resolve()
+    found = []
     for d, dirs, files in os.walk(top, followlinks=False):
-        dirs.sort()
-        for name in sorted(files) + sorted(x for x in dirs if os.path.islink(os.path.join(d, x))):
-            p = Path(d) / name
-            if p.is_symlink():
-                target = p.resolve()
-                if not (target.is_file() and top in target.parents):
-                    if skipped is not None:
-                        skipped.append(p)
-                    continue
-            if p.is_file():
-                yield p
+        found += [Path(d) / x for x in files]
+        found += [Path(d) / x for x in dirs if os.path.islink(os.path.join(d, x))]
+    for p in sorted(found):
+        if p.is_symlink():
+            target = p.resolve()
+            if not (target.is_file() and top in target.parents):
+                if skipped is not None:
+                    skipped.append(p)
+                continue
+        if p.is_file():
+            yield p
 
 
 @dataclass(frozen=True)
