@@ -137,6 +137,32 @@ def add_models(sub) -> None:
                          "default model) so later commands start fast")
     pr.add_argument("name", nargs="?")
     pr.set_defaults(func=cmd_models_prepare)
+    ex = msub.add_parser("export", help="write a custom model for another runtime: GGUF "
+                         "(llama.cpp, Ollama: with a Modelfile), merged safetensors, or the "
+                         "LoRA adapter")
+    ex.add_argument("name", help="custom model name (or a run directory)")
+    ex.add_argument("--format", default="gguf", choices=["gguf", "safetensors", "adapter"])
+    ex.add_argument("--quant", default="f16", choices=["f16", "q8_0"],
+                    help="gguf: half precision, or 8-bit blocks (about half the size)")
+    ex.add_argument("--output", help="folder to write into (default ./<name>-<format>)")
+    ex.set_defaults(func=cmd_models_export)
+
+
+def cmd_models_export(args) -> int:
+    from afinar.models.export import export_model
+
+    _quiet_libraries()
+    settings = _settings(args)
+    out_dir = Path(args.output or f"{Path(args.name).name}-{args.format}")
+    bar = TqdmProgress(disable=args.quiet)
+    files = export_model(args.name, settings, args.format, out_dir, args.quant, bar)
+    bar.close()
+    for f in files:
+        out(f"wrote {f} ({f.stat().st_size / 2**20:,.1f} MB)")
+    if args.format == "gguf":
+        out(f"run it: ollama create {Path(args.name).name} -f {out_dir / 'Modelfile'}  |  "
+            f"llama-cli -m {files[0]}")
+    return 0
 
 
 def cmd_models_list(args) -> int:

@@ -10,7 +10,8 @@ import torch
 
 def make_tiny_model(out_dir: str | Path, tokenizer_dir: str | Path, *, hidden_size: int = 64,
                     num_layers: int = 2, num_heads: int = 4, intermediate_size: int | None = None,
-                    seed: int = 0, max_position_embeddings: int = 512) -> Path:
+                    seed: int = 0, max_position_embeddings: int = 512,
+                    num_kv_heads: int | None = None) -> Path:
     """Write a randomly initialised llama-architecture model + the given tokenizer to out_dir."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -18,7 +19,7 @@ def make_tiny_model(out_dir: str | Path, tokenizer_dir: str | Path, *, hidden_si
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads or num_heads,
         intermediate_size=intermediate_size or hidden_size * 2,
         max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
