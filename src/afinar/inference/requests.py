@@ -19,6 +19,10 @@ class RequestError(AfinarError):
     """A request the engine cannot serve (unknown model, too long, bad parameters)."""
 
 
+class BackendUnavailable(AfinarError):
+    """The inference backend cannot serve now (vLLM failed to start): 503."""
+
+
 class ModelUnavailable(RequestError):
     """The request names a model this engine does not serve (404 / ResourceNotFound)."""
 

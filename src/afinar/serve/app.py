@@ -110,7 +110,11 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
 
     def get_engine():
         with lazy_lock:
-            if "engine" not in lazy:
+            if "engine" not in lazy and settings.serve_backend == "vllm":
+                from afinar.inference.vllm_backend import VLLMEngine
+                lazy["engine"] = VLLMEngine(settings, max_queue=settings.serve_max_queue,
+                                            confined=True)
+            elif "engine" not in lazy:
                 from afinar.inference.engine import Engine
                 lazy["engine"] = Engine(settings, max_batch=settings.serve_max_batch,
                                         max_queue=settings.serve_max_queue,

@@ -23,7 +23,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from afinar import jsonutil
 from afinar.data.chat import request_conversation
 from afinar.data.tools import CallStream
-from afinar.inference.requests import GenRequest, ModelUnavailable, Overloaded, RequestError
+from afinar.inference.requests import (
+    BackendUnavailable,
+    GenRequest,
+    ModelUnavailable,
+    Overloaded,
+    RequestError,
+)
 from afinar.serve.threads import inference, inference_iter
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
@@ -311,6 +317,10 @@ def router(get_engine, list_models, get_embedder, aliases: dict | None = None) -
             for q in reqs:
                 q.cancelled.set()
             raise BadRequest(e.message, "model", 404, "model_not_found") from None
+        except BackendUnavailable as e:
+            for q in reqs:
+                q.cancelled.set()
+            raise BadRequest(e.message, status=503, code="backend_unavailable") from None
         except RequestError as e:
             for q in reqs:
                 q.cancelled.set()
@@ -323,7 +333,8 @@ def router(get_engine, list_models, get_embedder, aliases: dict | None = None) -
             kw, n, include_usage = (chat_request if chat else completion_request)(body)
             reqs = await _submit(body["model"], kw, n)
         except BadRequest as e:
-            kind = "rate_limit_exceeded" if e.status == 429 else "invalid_request_error"
+            kind = {429: "rate_limit_exceeded", 503: "server_error"}.get(e.status,
+                                                                       "invalid_request_error")
             return _error(e.status, e.message, kind, e.code, e.param)
         model = body["model"]
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"

@@ -22,7 +22,13 @@ from collections.abc import Iterator
 from afinar import jsonutil
 from afinar.data.chat import bedrock_tool_choice, request_conversation
 from afinar.data.tools import CallStream
-from afinar.inference.requests import GenRequest, ModelUnavailable, Overloaded, RequestError
+from afinar.inference.requests import (
+    BackendUnavailable,
+    GenRequest,
+    ModelUnavailable,
+    Overloaded,
+    RequestError,
+)
 from afinar.serve import eventstream, invoke_bodies
 from afinar.serve.awsproto import ApiError, validation
 
@@ -47,6 +53,8 @@ class Runtime:
             raise ApiError("ThrottlingException", e.message) from None
         except ModelUnavailable as e:
             raise ApiError("ResourceNotFoundException", e.message) from None
+        except BackendUnavailable as e:
+            raise ApiError("ServiceUnavailableException", e.message) from None
         except RequestError as e:
             raise validation(e.message) from None
 
