@@ -1,8 +1,10 @@
 """Serving throughput, latency and memory, with the default model behind a real `afinar serve`.
 
 1. Baseline, in this process: Hugging Face `generate`, one request at a time (greedy).
-2. The server with 1, 4 and 8 concurrent clients (boto3 `bedrock-runtime` Converse): output
-   tokens/s and p50/p95 request latency; ratio against the baseline.
+2. The server with 1, 4, 8 and 16 concurrent clients (the openai client, streaming chat
+   completions): output tokens/s, p50/p95 request latency and p95 time to first token; ratio
+   against the baseline. With --vllm-command, the same for afinar on vLLM (serve_backend vllm)
+   and for vLLM alone (its own OpenAI server, no afinar in between), side by side.
 3. Memory: the server's RSS with the base model loaded, then with five LoRA custom models of it
    (adapters registered in the server's home, served by name) loaded and used.
 4. A burst of 100 concurrent requests: errors (or clean 429s beyond the queue limit), and whether
@@ -98,10 +100,105 @@ def make_adapters(home: Path, base_dir: Path, k: int) -> list[str]:
     return names
 
 
+def clients(url: str, model: str, a, levels=(1, 4, 8, 16)) -> list[tuple]:
+    """(clients, tokens/s, p50 s, p95 s, TTFT p95 s) per concurrency level, streaming chat
+    completions through the openai client."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="x", timeout=900, max_retries=0)
+
+    def one(i: int):
+        t = time.perf_counter()
+        first, n = None, 0
+        for ch in client.chat.completions.create(
+                model=model, max_tokens=a.max_tokens, temperature=0, stream=True,
+                stream_options={"include_usage": True},
+                messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]):
+            if first is None and ch.choices and ch.choices[0].delta.content:
+                first = time.perf_counter() - t
+            if ch.usage:
+                n = ch.usage.completion_tokens
+        return n, time.perf_counter() - t, first or 0.0
+
+    one(0)  # loads (and warms) the model
+    rows = []
+    for c in levels:
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(c) as ex:
+            res = list(ex.map(one, range(max(a.requests, c))))
+        el = time.perf_counter() - t0
+        lat, ttft = [r[1] for r in res], [r[2] for r in res]
+        rows.append((c, sum(r[0] for r in res) / el, statistics.median(lat), pct(lat, 0.95),
+                     pct(ttft, 0.95)))
+    return rows
+
+
+def wait_up(url: str, path: str, timeout: float = 900) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + path, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not come up")
+
+
+def side_by_side(a, base_dir: Path, home: Path, base_tps: float) -> None:
+    """afinar embedded, afinar on vLLM, and vLLM alone; the same clients and prompts."""
+    import shlex
+
+    vargs = ["--max-model-len", "2048", "--dtype", "bfloat16", "--gpu-memory-utilization", "0.3"]
+    table = {}
+    for name in ("afinar embedded", "afinar on vLLM", "vLLM alone"):
+        p = port()
+        url = f"http://127.0.0.1:{p}"
+        h = home / name.replace(" ", "-")
+        h.mkdir(parents=True, exist_ok=True)
+        if name == "vLLM alone":
+            cmd = shlex.split(a.vllm_command) + ["--model", str(base_dir), "--served-model-name",
+                                                  "smollm2-135m-instruct", "--host", "127.0.0.1",
+                                                  "--port", str(p)] + vargs
+            env = dict(os.environ)
+        else:
+            (h / "afinar.toml").write_text(
+                ('serve_backend = "vllm"\nvllm_command = ' + json.dumps(a.vllm_command) +
+                 "\nvllm_args = " + json.dumps(vargs) + "\n") if "vLLM" in name else "")
+            cmd = [sys.executable, "-m", "afinar.cli.main", "serve", "--port", str(p),
+                   "--log-level", "warning"]
+            env = dict(os.environ, AFINAR_HOME=str(h))
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_up(url, "/health" if name == "vLLM alone" else "/afinar/health")
+            table[name] = clients(url, "smollm2-135m-instruct", a)
+            import psutil
+            procs = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(True)
+            table[name + " rss"] = sum(x.memory_info().rss for x in procs) / 2**20
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print(f"side by side ({a.max_tokens} tokens per request, streaming chat completions; "
+          f"baseline HF generate one at a time {base_tps:.1f} tokens/s):")
+    print(f"{'':>16}{'clients':>8}{'tokens/s':>10}{'vs HF':>8}{'p50 s':>8}{'p95 s':>8}"
+          f"{'TTFT p95':>10}")
+    for name in ("afinar embedded", "afinar on vLLM", "vLLM alone"):
+        for c, tps, p50, p95, ttft in table[name]:
+            print(f"{name:>16}{c:>8}{tps:>10.1f}{tps / base_tps:>7.2f}x{p50:>8.2f}{p95:>8.2f}"
+                  f"{ttft:>10.2f}")
+        print(f"{'':>16} memory (server and its children): {table[name + ' rss']:.0f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
+    ap.add_argument("--vllm-command", default=os.environ.get("AFINAR_TEST_VLLM_COMMAND"),
+                    help="how vLLM's OpenAI server starts: also measure afinar on vLLM and "
+                         "vLLM alone")
     a = ap.parse_args()
 
     from afinar.config import load_settings
@@ -138,6 +235,8 @@ def main() -> None:
         return r["usage"]["outputTokens"], time.perf_counter() - t
 
     try:
+        if a.vllm_command:
+            side_by_side(a, base_dir, home, base_tps)
         idle = rss_mb(proc.pid)
         ask(0)  # load the base model
         one_model = rss_mb(proc.pid)

@@ -81,9 +81,7 @@ def cmd_serve(args) -> int:
 
     s = load_settings({"home": args.home, "host": args.host, "port": args.port,
                        "max_concurrent_jobs": args.max_concurrent_jobs})
-    err(f"afinar server on http://{s.host}:{s.port} (home {s.home}, job store "
-        f"{s.db_url.split('://')[0]}, {s.max_concurrent_jobs} job(s) at a time)")
-    serve(s, log_level=args.log_level)
+    serve(s, log_level=args.log_level, announce=err)
     return 0
 
 

@@ -214,7 +214,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     return app
 
 
-def serve(settings: Settings, log_level: str = "info") -> None:
+def serve(settings: Settings, log_level: str = "info", announce=None) -> None:
+    """Run the server; `announce(line)` is called once the app (and its job store) is ready."""
     import uvicorn
 
     if auth.auth_required(settings) and not (settings.access_keys or settings.api_keys):
@@ -225,5 +226,9 @@ def serve(settings: Settings, log_level: str = "info") -> None:
                           hint="add [access_keys] (access key id = secret) or api_keys to "
                                "afinar.toml, or bind 127.0.0.1")
     app = create_app(settings)
+    if announce:
+        announce(f"afinar server on http://{settings.host}:{settings.port} (home {settings.home}, "
+                 f"job store {settings.db_url.split('://')[0]}, {settings.max_concurrent_jobs} "
+                 f"job(s) at a time, {settings.serve_backend} inference)")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level,
                 access_log=False)
