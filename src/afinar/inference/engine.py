@@ -28,8 +28,13 @@ from pathlib import Path
 import torch
 
 from afinar.config import Settings
-from afinar.errors import AfinarError, ModelNotFoundError
-from afinar.inference.requests import GenRequest, ModelUnavailable, Overloaded, RequestError
+from afinar.inference.requests import (
+    GenRequest,
+    Overloaded,
+    RequestError,
+    adapter_key,
+    resolve_request_model,
+)
 
 
 @dataclass
@@ -86,18 +91,10 @@ class Engine:
                 if path in self.bases:
                     self.bases.move_to_end(path)
                     return self.bases[path], adapter
-            from afinar.models.registry import check_served, resolve_model
-            try:
-                ident = check_served(model_id, self.settings) if self.confined else model_id
-                r = resolve_model(ident, self.settings)
-            except ModelNotFoundError as e:
-                raise ModelUnavailable(str(e).replace("\n  hint: ", "; ")) from None
-            except AfinarError as e:
-                raise RequestError(str(e).replace("\n  hint: ", "; ")) from None
-            adapter_dir = r.adapter_path if r.kind in ("adapter", "custom") else None
+            r, adapter_dir = resolve_request_model(model_id, self.settings, self.confined)
             if adapter_dir and r.base and Path(r.base).exists():
                 base = self._base(r.base)
-                name = "a" + str(abs(hash(adapter_dir)) % 10**10)
+                name = adapter_key(adapter_dir)
                 if name not in base.adapters:
                     from peft import PeftModel
                     if not base.adapters:

@@ -27,6 +27,26 @@ class ModelUnavailable(RequestError):
     """The request names a model this engine does not serve (404 / ResourceNotFound)."""
 
 
+def resolve_request_model(model_id: str, settings, confined: bool):
+    """A request's model (confined to what check_served allows when it came from a client) ->
+    (ResolvedModel, adapter dir or None), with the engines' typed errors."""
+    from afinar.errors import ModelNotFoundError
+    from afinar.models.registry import check_served, resolve_model
+    try:
+        ident = check_served(model_id, settings) if confined else model_id
+        r = resolve_model(ident, settings)
+    except ModelNotFoundError as e:
+        raise ModelUnavailable(str(e).replace("\n  hint: ", "; ")) from None
+    except AfinarError as e:
+        raise RequestError(str(e).replace("\n  hint: ", "; ")) from None
+    return r, r.adapter_path if r.kind in ("adapter", "custom") else None
+
+
+def adapter_key(adapter_dir: str) -> str:
+    """One short name per adapter directory (PEFT adapter names, vLLM LoRA names)."""
+    return "a" + str(abs(hash(adapter_dir)) % 10**10)
+
+
 @dataclass
 class GenRequest:
     model: str

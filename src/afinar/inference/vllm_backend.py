@@ -28,13 +28,14 @@ import urllib.request
 from pathlib import Path
 
 from afinar.config import Settings
-from afinar.errors import AfinarError, ConfigError, ModelLoadError, ModelNotFoundError
+from afinar.errors import AfinarError, ConfigError, ModelLoadError
 from afinar.inference.requests import (
     BackendUnavailable,
     GenRequest,
-    ModelUnavailable,
     Overloaded,
     RequestError,
+    adapter_key,
+    resolve_request_model,
 )
 
 START_TIMEOUT_S = 900
@@ -194,15 +195,7 @@ class VLLMEngine:
 
     # -- requests ------------------------------------------------------------------------------
     def _resolve(self, model_id: str) -> tuple[VLLMServer, str, object]:
-        from afinar.models.registry import check_served, resolve_model
-        try:
-            ident = check_served(model_id, self.settings) if self.confined else model_id
-            r = resolve_model(ident, self.settings)
-        except ModelNotFoundError as e:
-            raise ModelUnavailable(str(e).replace("\n  hint: ", "; ")) from None
-        except AfinarError as e:
-            raise RequestError(str(e).replace("\n  hint: ", "; ")) from None
-        adapter = r.adapter_path if r.kind in ("adapter", "custom") else None
+        r, adapter = resolve_request_model(model_id, self.settings, self.confined)
         base = r.base if adapter and r.base else r.path
         with self.lock:
             server = self.servers.setdefault(base, VLLMServer(self.settings, base))
@@ -211,8 +204,8 @@ class VLLMEngine:
                 self.tokenizers[base] = load_tokenizer(base)
         try:
             if adapter:
-                return server, server.adapter("a" + str(abs(hash(adapter)) % 10**10),
-                                              adapter), self.tokenizers[base]
+                return server, server.adapter(adapter_key(adapter), adapter), \
+                    self.tokenizers[base]
             server.ensure()
         except AfinarError as e:
             raise BackendUnavailable(str(e).replace("\n  hint: ", "; ")) from None

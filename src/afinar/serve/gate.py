@@ -105,9 +105,11 @@ class Gate:
             return await self.app(scope, receive, send)
         send = self._with_security_headers(send)
         try:
-            receive = await self._admit(scope, receive)
+            admitted = await self._admit(scope, receive)
         except Denied as e:
+            await _drain_small(scope, receive)
             return await self._deny(scope, send, e)
+        receive = admitted
         try:
             await self.app(scope, receive, send)
         except BodyTooLarge:
@@ -137,6 +139,7 @@ class Gate:
             raise Denied(413, "ValidationException", self._too_large(path))
         if upload:
             return _counting(receive, limit)
+        scope["afinar.body_read"] = True  # from here on, nothing is left to drain
         body = await _read(receive, limit, path, self._too_large)
         if sigv4:
             raw = scope.get("raw_path", b"").decode("latin-1") or path
@@ -238,6 +241,22 @@ class Gate:
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": e.status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
+
+
+async def _drain_small(scope, receive, most: int = 64 * 1024) -> None:
+    """Read a small refused body before answering: a server that closes with unread bytes
+    makes the kernel send a reset, which can reach the client before the answer does."""
+    length = _headers(scope).get("content-length", "")
+    if scope.get("afinar.body_read") or not length.isdigit() or not 0 < int(length) <= most:
+        return  # none, or large: not worth reading
+    n = 0
+    while n < int(length):
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return
+        n += len(msg.get("body", b""))
+        if not msg.get("more_body"):
+            return
 
 
 async def _read(receive, limit: int, path: str, too_large) -> bytes:
