@@ -116,8 +116,10 @@ def test_console_end_to_end(browser, tmp_path, tiny_model_dir):
         drv.find_element(By.NAME, "customModelName").send_keys("ui-model")
         Select(drv.find_element(By.ID, "base-models")).select_by_visible_text("tiny")
         drv.find_element(By.NAME, "trainingFile").send_keys(str(train))
+        # batch 2: 128 steps, so the job outlasts several of the page's 1.5 s polls even on a
+        # fast machine (the chart must grow while it runs)
         for name, value in (("epochCount", "4"), ("learningRate", "0.01"),
-                            ("batchSize", "8")):
+                            ("batchSize", "2")):
             el = drv.find_element(By.NAME, name)
             el.clear()
             el.send_keys(value)
