@@ -33,6 +33,8 @@ from afinar.inference.requests import (
     Overloaded,
     RequestError,
     adapter_key,
+    check_request,
+    encode_prompt,
     resolve_request_model,
 )
 
@@ -139,29 +141,10 @@ class Engine:
     def submit(self, req: GenRequest) -> GenRequest:
         if self.closed:
             raise Overloaded("the engine is shutting down")
-        if not 1 <= req.max_tokens <= self.max_output:
-            raise RequestError(f"max tokens must be between 1 and {self.max_output}; got "
-                               f"{req.max_tokens}")
-        if not 0 <= req.temperature <= 2 or not 0 < req.top_p <= 1:
-            raise RequestError("temperature must be in [0, 2] and top_p in (0, 1]")
-        if req.top_logprobs and not 0 <= req.top_logprobs <= 20:
-            raise RequestError(f"top_logprobs must be between 0 and 20; got {req.top_logprobs}")
+        check_request(req, self.max_output)
         base, adapter = self.resolve(req.model)
-        tok = base.tokenizer
-        if req.messages is not None:
-            from afinar.data.tokenize import render_prompt
-            # tool_choice "none": the tools are not offered, so the model answers in text
-            text = render_prompt(tok, req.messages, req.tools if req.parse_tools else None)
-        else:
-            text = req.prompt or ""
         req.matcher = self._matcher(base, req)
-        req.prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
-        req.input_tokens = len(req.prompt_ids)
-        if req.input_tokens > self.max_prompt:
-            raise RequestError(f"the input is {req.input_tokens} tokens; the limit is "
-                               f"{self.max_prompt}")
-        if req.input_tokens == 0:
-            raise RequestError("the input is empty")
+        encode_prompt(req, base.tokenizer, self.max_prompt)
         req.key = (base.path, adapter, req.temperature > 0, round(req.temperature, 4),
                    round(req.top_p, 4),
                    # a seeded request runs alone: its random stream is then its own

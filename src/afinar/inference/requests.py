@@ -42,6 +42,34 @@ def resolve_request_model(model_id: str, settings, confined: bool):
     return r, r.adapter_path if r.kind in ("adapter", "custom") else None
 
 
+def check_request(req: GenRequest, max_output: int) -> None:
+    """The limits every engine holds a request to, before any work."""
+    if not 1 <= req.max_tokens <= max_output:
+        raise RequestError(f"max tokens must be between 1 and {max_output}; got "
+                           f"{req.max_tokens}")
+    if not 0 <= req.temperature <= 2 or not 0 < req.top_p <= 1:
+        raise RequestError("temperature must be in [0, 2] and top_p in (0, 1]")
+    if req.top_logprobs and not 0 <= req.top_logprobs <= 20:
+        raise RequestError(f"top_logprobs must be between 0 and 20; got {req.top_logprobs}")
+
+
+def encode_prompt(req: GenRequest, tok, max_prompt: int) -> None:
+    """The request's prompt ids (chat messages rendered with the model's template and tools):
+    `prompt_ids` and `input_tokens`, within the prompt limit."""
+    if req.messages is not None:
+        from afinar.data.tokenize import render_prompt
+        # tool_choice "none": the tools are not offered, so the model answers in text
+        text = render_prompt(tok, req.messages, req.tools if req.parse_tools else None)
+    else:
+        text = req.prompt or ""
+    req.prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+    req.input_tokens = len(req.prompt_ids)
+    if req.input_tokens > max_prompt:
+        raise RequestError(f"the input is {req.input_tokens} tokens; the limit is {max_prompt}")
+    if req.input_tokens == 0:
+        raise RequestError("the input is empty")
+
+
 def adapter_key(adapter_dir: str) -> str:
     """One short name per adapter directory (PEFT adapter names, vLLM LoRA names)."""
     return "a" + str(abs(hash(adapter_dir)) % 10**10)

@@ -35,6 +35,8 @@ from afinar.inference.requests import (
     Overloaded,
     RequestError,
     adapter_key,
+    check_request,
+    encode_prompt,
     resolve_request_model,
 )
 
@@ -214,11 +216,7 @@ class VLLMEngine:
     def submit(self, req: GenRequest) -> GenRequest:
         if self.closed:
             raise Overloaded("the engine is shutting down")
-        if not 1 <= req.max_tokens <= self.max_output:
-            raise RequestError(f"max tokens must be between 1 and {self.max_output}; got "
-                               f"{req.max_tokens}")
-        if not 0 <= req.temperature <= 2 or not 0 < req.top_p <= 1:
-            raise RequestError("temperature must be in [0, 2] and top_p in (0, 1]")
+        check_request(req, self.max_output)
         if req.logprobs or req.top_logprobs:
             raise RequestError("logprobs are not served by the vLLM backend yet; use "
                                "serve_backend = \"embedded\"")
@@ -229,18 +227,7 @@ class VLLMEngine:
             if len(self.pending) >= self.max_queue:
                 raise Overloaded(f"{self.max_queue} requests are already waiting; retry later")
         server, served, tok = self._resolve(req.model)
-        if req.messages is not None:
-            from afinar.data.tokenize import render_prompt
-            text = render_prompt(tok, req.messages, req.tools if req.parse_tools else None)
-        else:
-            text = req.prompt or ""
-        req.prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
-        req.input_tokens = len(req.prompt_ids)
-        if req.input_tokens > self.max_prompt:
-            raise RequestError(f"the input is {req.input_tokens} tokens; the limit is "
-                               f"{self.max_prompt}")
-        if req.input_tokens == 0:
-            raise RequestError("the input is empty")
+        encode_prompt(req, tok, self.max_prompt)
         body = {"model": served, "prompt": req.prompt_ids, "max_tokens": req.max_tokens,
                 "temperature": req.temperature, "top_p": req.top_p, "stream": True,
                 "stream_options": {"include_usage": True}, "skip_special_tokens": True}
