@@ -104,8 +104,10 @@ class VLLMServer:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             try:
+                # its own process group: vLLM runs its engine in child processes, which must go
+                # with it (an orphaned engine keeps its KV cache memory)
                 self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
             except OSError as e:
                 raise ConfigError(f"vllm_command cannot start: {e}",
                                   hint="check vllm_command in afinar.toml") from None
@@ -146,12 +148,21 @@ class VLLMServer:
                                  f"{e.read()[:300].decode(errors='replace')}") from None
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:  # (adapters are reloaded)
-            self.proc.terminate()
+        """Stop the process group (the server and its engine processes), alive or not."""
+        if self.proc is None:
+            return
+        import signal
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                return  # the whole group is gone
             try:
                 self.proc.wait(30)
+                if sig == signal.SIGTERM:
+                    time.sleep(0.5)  # let its engine processes exit before the group's SIGKILL
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                continue
 
 
 def adapter_rank(adapter_dir: Path) -> int:
