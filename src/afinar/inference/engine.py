@@ -1,20 +1,27 @@
-"""The serving engine: models loaded once, requests batched, tokens streamed.
+"""The serving engine: models loaded once, requests batched continuously, tokens streamed.
 
 - Models: an LRU of loaded base models under a memory budget. A LoRA custom model does not get a
-  copy of its base: its adapter is loaded into the base's PeftModel under its own name and
-  switched on per batch (base requests run with adapters disabled).
-- Batching: one generation thread. It takes the oldest request, waits `batch_window_ms` for
-  others, and runs every queued request for the same (base, adapter, sampling) together in one
-  left-padded `generate`. Per-row stopping (EOS, max tokens, stop sequences, cancellation)
-  happens in a StoppingCriteria that also streams each row's new text to its request.
+  copy of its base: its adapter is loaded into the base's PeftModel under its own name.
+- Continuous batching: one generation thread keeps, per base model, a batch of rows being
+  decoded together, one token per row per step. A request joins at the next step: its prompt is
+  prefilled in chunks of at most `prefill_chunk` tokens between decoding steps (so a long prompt
+  never stalls the running rows for more than one chunk), then its cache is merged into the
+  batch's (inference/kvbatch.py). A request leaves the batch at the step it finishes (EOS, max
+  tokens, a stop sequence, its client gone); nobody waits for anybody else's batch to end.
+  Rows of different LoRA adapters and of the base share a batch (PEFT's mixed-adapter forward,
+  `adapter_names`), and so do greedy and sampled rows (each samples with its own temperature,
+  top-p and seed).
+- Why our own scheduler: transformers' ContinuousBatchingManager (5.24) has no mixed-adapter
+  batches and no per-request logits processors (grammars), both needed here;
+  benchmarks/serve_throughput.py measures the two side by side (and static `generate`).
 - Limits: prompt tokens, output tokens, queue length (a full queue is an Overloaded error the
   routes turn into 429 / ThrottlingException).
 - Tools and structured output: prompts render tools as training did (data/tools.py); a forced
   tool call or a JSON schema is a per-row grammar (inference/constrain.py) masked into the
-  logits at each step, so constrained and free rows, base and adapter requests alike, share a
-  batch; finished text is parsed back into tool calls.
-- Logprobs: the chosen token's log-probability (and the top k) from the distribution the row
-  sampled from (after its grammar mask, before temperature).
+  logits at each step, so constrained and free rows share a batch; finished text is parsed back
+  into tool calls.
+- Logprobs: the chosen token's log-probability (and the top k) from the model's own
+  distribution (before the grammar mask and temperature).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 import torch
 
 from afinar.config import Settings
+from afinar.inference import kvbatch
 from afinar.inference.requests import (
     GenRequest,
     Overloaded,
@@ -62,10 +70,10 @@ MIN_LOGPROB = -9999.0  # OpenAI's floor for impossible tokens (JSON has no -inf)
 
 
 class Engine:
-    def __init__(self, settings: Settings, max_batch: int = 8, batch_window_ms: float = 30,
+    def __init__(self, settings: Settings, max_batch: int = 16, batch_window_ms: float = 30,
                  max_queue: int = 256, max_prompt_tokens: int = 4096,
                  max_output_tokens: int = 1024, memory_budget_mb: int = 8192,
-                 precision: str = "auto", confined: bool = False):
+                 precision: str = "auto", confined: bool = False, prefill_chunk: int = 512):
         self.settings = settings
         self.confined = confined  # model ids come from clients: only what check_served allows
         self.max_batch, self.window = max_batch, batch_window_ms / 1000
@@ -75,12 +83,19 @@ class Engine:
         self.precision = precision  # "auto": bf16 where the hardware has it fast
         self.bases: collections.OrderedDict[str, _Base] = collections.OrderedDict()
         self.routes: dict[str, tuple[str, str | None]] = {}  # model id -> (base path, adapter)
-        self.pending: collections.deque[GenRequest] = collections.deque()
+        self.prefill_chunk = prefill_chunk
+        self.pending: collections.deque[_Row] = collections.deque()
+        self.batches: dict[str, _Batch] = {}  # base path -> its running batch (engine thread)
         self.lock = threading.Lock()
         self.load_lock = threading.Lock()
+        self.model_lock = threading.RLock()  # a decoding step, or an adapter being added
+        self.rng = torch.Generator()
+        self.rng.seed()
         self.wake = threading.Event()
         self.closed = False
-        self.stats = {"batches": 0, "requests": 0, "max_batch_seen": 0}
+        # batches: groups of requests admitted together; steps: decoding steps;
+        # max_batch_seen: the most rows decoded together
+        self.stats = {"batches": 0, "requests": 0, "steps": 0, "max_batch_seen": 0}
         self.thread = threading.Thread(target=self._loop, name="afinar-generate", daemon=True)
         self.thread.start()
 
@@ -98,19 +113,26 @@ class Engine:
                 base = self._base(r.base)
                 name = adapter_key(adapter_dir)
                 if name not in base.adapters:
-                    from peft import PeftModel
-                    if not base.adapters:
-                        base.model = PeftModel.from_pretrained(base.model, adapter_dir,
-                                                               adapter_name=name)
-                    else:
-                        base.model.load_adapter(adapter_dir, adapter_name=name)
-                    base.model.eval()
-                    base.adapters.add(name)
+                    self._add_adapter(base, name, adapter_dir)
                 self.routes[model_id] = (base.path, name)
                 return base, name
             base = self._base(r.path)
             self.routes[model_id] = (base.path, None)
             return base, None
+
+    def _add_adapter(self, base: _Base, name: str, adapter_dir: str) -> None:
+        """Between two decoding steps (the running rows keep their caches: the base's weights
+        do not change, and they name their adapter per step)."""
+        from peft import PeftModel
+
+        with self.model_lock:
+            if not base.adapters:
+                base.model = PeftModel.from_pretrained(base.model, adapter_dir,
+                                                       adapter_name=name)
+            else:
+                base.model.load_adapter(adapter_dir, adapter_name=name)
+            base.model.eval()
+            base.adapters.add(name)
 
     def _base(self, path: str) -> _Base:
         if path in self.bases:
@@ -145,14 +167,11 @@ class Engine:
         base, adapter = self.resolve(req.model)
         req.matcher = self._matcher(base, req)
         encode_prompt(req, base.tokenizer, self.max_prompt)
-        req.key = (base.path, adapter, req.temperature > 0, round(req.temperature, 4),
-                   round(req.top_p, 4),
-                   # a seeded request runs alone: its random stream is then its own
-                   None if req.seed is None or req.temperature == 0 else id(req))
+        req.key = (base.path, adapter)
         with self.lock:
             if len(self.pending) >= self.max_queue:
                 raise Overloaded(f"{self.max_queue} requests are already waiting; retry later")
-            self.pending.append(req)
+            self.pending.append(_Row(req, base, adapter))
         self.wake.set()
         return req
 
@@ -176,130 +195,292 @@ class Engine:
     def close(self) -> None:
         self.closed = True
         self.wake.set()
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout=30)  # ends after the step it is in
 
-    def _take_batch(self) -> list[GenRequest]:
+    # -- scheduling --------------------------------------------------------------------------
+    def _gather(self) -> None:
+        """On an idle engine, wait while requests keep arriving (each within `window` of the
+        last), up to a full batch or MAX_GATHER_S after the first: clients that submit together
+        are then prefilled together (one prompt pass instead of several)."""
         with self.lock:
-            if not self.pending:
-                return []
-            first = self.pending[0]
-        # gather: wait while requests keep arriving (each within `window` of the last), up
-        # to a full batch or MAX_GATHER_S after the first. Clients that submit together then
-        # share a batch, and finish and come back together, instead of splitting into cohorts
-        # that alternate (measured: 8 clients ran as two alternating batches of 4 with a
-        # fixed 15 ms window).
+            first = self.pending[0].req.created
         while True:
             with self.lock:
-                same = [r for r in self.pending if r.key == first.key]
-                last = max(r.created for r in same)
+                n, last = len(self.pending), max(r.req.created for r in self.pending)
             now = time.time()
-            if (len(same) >= self.max_batch or now - last >= self.window
-                    or now - first.created >= MAX_GATHER_S):
-                break
+            if n >= self.max_batch or now - last >= self.window or now - first >= MAX_GATHER_S:
+                return
             time.sleep(0.003)
+
+    def _admit(self) -> None:
+        """Waiting requests start prefilling: for each base whose batch has free rows and no
+        group prefilling already, one group of the oldest requests for it."""
         with self.lock:
-            batch = [r for r in self.pending if r.key == first.key][: self.max_batch]
-            for r in batch:
-                self.pending.remove(r)
-        return [r for r in batch if not r.cancelled.is_set()]
+            if not self.pending:
+                return
+        if not any(b.rows or b.joining for b in self.batches.values()):
+            self._gather()
+        groups: dict[str, list[_Row]] = {}
+        with self.lock:
+            for row in list(self.pending):
+                if row.req.cancelled.is_set():  # gone before it started
+                    self.pending.remove(row)
+                    row.req.stop_reason = "cancelled"
+                    row.req.events.put(("done", row.req))
+                    continue
+                b = self.batches.get(row.base.path)
+                busy = b is not None and (b.joining is not None or (b.closed and b.rows))
+                room = self.max_batch - (len(b.rows) if b else 0)
+                group = groups.setdefault(row.base.path, [])
+                if not busy and len(group) < room:
+                    group.append(row)
+                    self.pending.remove(row)
+        for path, rows in groups.items():
+            if rows:
+                b = self.batches.setdefault(path, _Batch(rows[0].base))
+                b.joining = _Prefill(rows, b.base)
+                self.stats["batches"] += 1
+                self.stats["requests"] += len(rows)
 
     def _loop(self) -> None:
         while not self.closed:
-            batch = self._take_batch()
-            if not batch:
+            self._admit()
+            busy = False
+            for path, b in list(self.batches.items()):
+                if not (b.rows or b.joining):
+                    del self.batches[path]
+                    continue
+                busy = True
+                try:
+                    with self.model_lock, torch.inference_mode():
+                        self._step(b)
+                except Exception as e:  # its requests get the error; the engine keeps running
+                    for row in b.rows + (b.joining.rows if b.joining else []):
+                        row.req.events.put(("error", e))
+                    del self.batches[path]
+            if not busy:
                 self.wake.wait(0.5)
                 self.wake.clear()
-                continue
-            try:
-                self._run(batch)
-            except Exception as e:  # the requests get the error; the engine keeps running
-                for r in batch:
-                    r.events.put(("error", e))
+        with self.lock:
+            waiting = [r.req for r in self.pending] + [
+                r.req for b in self.batches.values()
+                for r in b.rows + (b.joining.rows if b.joining else [])]
+        for req in waiting:
+            req.events.put(("error", Overloaded("the engine is shutting down")))
 
-    @torch.no_grad()
-    def _run(self, batch: list[GenRequest]) -> None:
-        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-
-        base_path, adapter = batch[0].key[0], batch[0].key[1]
-        with self.load_lock:
-            base = self.bases.get(base_path)
-        if base is None:
-            raise RequestError("the model was unloaded; retry")
-        model, tok = base.model, base.tokenizer
-        self.stats["batches"] += 1
-        self.stats["requests"] += len(batch)
-        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(batch))
-        n = max(len(r.prompt_ids) for r in batch)
-        pad = tok.pad_token_id
-        ids = torch.full((len(batch), n), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), n), dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, n - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, n - len(r.prompt_ids):] = 1
-        device = next(model.parameters()).device
-        eos = {i for i in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id",
-                                                     None)) if isinstance(i, int)}
-        done = [False] * len(batch)
-        sent = [""] * len(batch)
-        rows = _Rows(batch, done, base)
-
-        class Rows(StoppingCriteria):
-            """Per-row stop + streaming: called after every decoding step."""
-
-            def __call__(self, input_ids, scores, **kw):
-                out = torch.zeros(len(batch), dtype=torch.bool, device=input_ids.device)
-                for i, r in enumerate(batch):
-                    if done[i]:
-                        out[i] = True
-                        continue
-                    gen = input_ids[i, n:].tolist()
-                    r.output_tokens = len(gen)
-                    hit_eos = bool(gen) and gen[-1] in eos
-                    rows.took(i, gen[-1], hit_eos, tok)
-                    text = tok.decode(gen[:-1] if hit_eos else gen, skip_special_tokens=True)
-                    rows.saw(i, text, tok)
-                    stop_at = min((text.find(s) for s in r.stop if s and s in text),
-                                  default=-1)
-                    if stop_at >= 0:
-                        text, r.stop_reason = text[:stop_at], "stop_sequence"
-                    elif hit_eos:
-                        r.stop_reason = "end_turn"
-                    elif len(gen) >= r.max_tokens:
-                        r.stop_reason = "max_tokens"
-                    # hold back a partial multi-byte character (decoded as U+FFFD)
-                    ready = text if (stop_at >= 0 or hit_eos) else text.rstrip("\ufffd")
-                    if ready.startswith(sent[i]) and len(ready) > len(sent[i]):
-                        r.events.put(("text", ready[len(sent[i]):]))
-                        sent[i] = ready
-                    if r.cancelled.is_set() and not (stop_at >= 0 or hit_eos):
-                        r.stop_reason = "cancelled"  # the client went away (internal only)
-                    if stop_at >= 0 or hit_eos or len(gen) >= r.max_tokens or \
-                            r.cancelled.is_set():
-                        done[i] = True
-                        r.text = ready
-                        out[i] = True
-                return out
-
-        kw = {"max_new_tokens": max(r.max_tokens for r in batch), "pad_token_id": pad,
-              "eos_token_id": sorted(eos) or None,
-              "stopping_criteria": StoppingCriteriaList([Rows()])}
-        if rows.active:
-            kw["logits_processor"] = LogitsProcessorList([rows])
-        if batch[0].seed is not None and batch[0].temperature > 0:
-            torch.manual_seed(batch[0].seed)
-        if batch[0].temperature > 0:
-            kw.update(do_sample=True, temperature=batch[0].temperature, top_p=batch[0].top_p)
+    def _step(self, b: _Batch) -> None:
+        """One decoding step for the batch's rows, then one prefill chunk of the joining group
+        (which joins the rows once its prompts are through)."""
+        if b.rows:
+            ids = torch.tensor([[r.last] for r in b.rows])
+            pos = torch.tensor([[r.pos] for r in b.rows])
+            b.mask = torch.cat([b.mask, b.mask.new_ones(len(b.rows), 1)], dim=1)
+            logits = self._forward(b.base, b.rows, ids, b.mask, pos, b.cache)
+            for r in b.rows:
+                r.pos += 1
+            self.stats["steps"] += 1
+            self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(b.rows))
+            keep = self._advance(b.base, b.rows, logits)
+            if len(keep) < len(b.rows):
+                b.rows = [b.rows[i] for i in keep]
+                if b.rows:
+                    b.mask = kvbatch.select(b.cache, b.mask, keep)
+        p = b.joining
+        if p is None:
+            return
+        width = max(1, self.prefill_chunk // len(p.rows))
+        s, e = p.done, min(p.ids.shape[1], p.done + width)
+        logits = self._forward(b.base, p.rows, p.ids[:, s:e], p.mask[:, :e], p.pos[:, s:e],
+                               p.cache)
+        p.done = e
+        if e < p.ids.shape[1]:
+            return
+        b.joining = None
+        keep = self._advance(b.base, p.rows, logits)
+        if not keep:
+            return
+        rows, mask = [p.rows[i] for i in keep], p.mask
+        if len(keep) < len(p.rows):
+            mask = kvbatch.select(p.cache, mask, keep)
+        if not b.rows:
+            b.rows, b.cache, b.mask = rows, p.cache, mask
+            b.closed = not kvbatch.joinable(p.cache)
         else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        ctx = _adapter(model, adapter)
-        with ctx:
-            model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
-        for i, r in enumerate(batch):
-            if not done[i]:  # generate ended first (max_new_tokens of the batch)
-                r.text = sent[i]
-                r.stop_reason = "max_tokens"
-            if r.parse_tools:
-                _tool_calls(r)
-            r.events.put(("done", r))
+            b.cache, b.mask = kvbatch.merge(b.cache, b.mask, p.cache, mask)
+            b.rows += rows
+
+    @staticmethod
+    def _forward(base: _Base, rows: list[_Row], ids, mask, pos, cache) -> torch.Tensor:
+        """The model on `ids` (rows x new tokens) -> each row's next-token logits (float)."""
+        from peft import PeftModel
+
+        model = base.model
+        device = next(model.parameters()).device
+        kw = {}
+        if isinstance(model, PeftModel):  # PEFT's mixed-adapter batch: one adapter per row
+            kw["adapter_names"] = [r.adapter or "__base__" for r in rows]
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                    position_ids=pos.to(device), cache=cache, use_cache=True,
+                    logits_to_keep=1, **kw)
+        return out.logits[:, -1, :].float()
+
+    def _advance(self, base: _Base, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Choose each row's next token, stream it and check its stops; returns the indices of
+        the rows that go on."""
+        tokens = self._choose(base, rows, logits)
+        keep = []
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            if row.took(token, base):
+                keep.append(i)
+            else:
+                if row.req.parse_tools:
+                    _tool_calls(row.req)
+                row.req.events.put(("done", row.req))
+        return keep
+
+    def _choose(self, base: _Base, rows: list[_Row], scores: torch.Tensor) -> list[int]:
+        """Each row's token: logprobs from the model's own distribution, then the row's grammar
+        mask, then greedy or its own temperature / top-p (and its own seed)."""
+        for i, r in enumerate(rows):
+            if r.req.logprobs:
+                r.lp = torch.log_softmax(scores[i], dim=-1)
+        live = [(r.req.matcher, i) for i, r in enumerate(rows) if r.req.matcher is not None]
+        if live:
+            grammars = base.grammar_compiler()
+            bitmask = grammars.bitmask(len(rows))
+            grammars.fill(live, bitmask)
+            grammars.apply(scores, bitmask)
+        greedy = scores.argmax(dim=-1).tolist()
+        out = []
+        for i, r in enumerate(rows):
+            if r.req.temperature == 0:
+                out.append(greedy[i])
+                continue
+            probs = torch.softmax(scores[i] / r.req.temperature, dim=-1)
+            if r.req.top_p < 1:  # the smallest set of tokens whose probability reaches top_p
+                p, idx = probs.sort(descending=True)
+                p[(p.cumsum(0) - p) >= r.req.top_p] = 0
+                probs = torch.zeros_like(probs).scatter_(0, idx, p)
+            out.append(int(torch.multinomial(probs, 1, generator=r.rng or self.rng)))
+        return out
+
+
+class _Row:
+    """A request in the engine: its model, what it generated and streamed, its position."""
+
+    def __init__(self, req: GenRequest, base: _Base, adapter: str | None):
+        self.req, self.base, self.adapter = req, base, adapter
+        self.gen: list[int] = []
+        self.sent = ""
+        self.pos = len(req.prompt_ids)  # the position of the next token fed to the model
+        self.last = 0  # the token fed at the next step
+        self.lp = None  # log-probs of the token being chosen (with logprobs)
+        # a seeded request samples from its own random stream, whatever shares its batch
+        self.rng = (torch.Generator().manual_seed(req.seed)
+                    if req.seed is not None and req.temperature > 0 else None)
+        # tool_choice auto: free until the row writes <tool_call>, then held to the schemas
+        self.watched = req.parse_tools and req.tool_choice == "auto" and req.matcher is None
+        tok, model = base.tokenizer, base.model
+        self.eos = {i for i in (tok.eos_token_id, getattr(model.generation_config,
+                                                          "eos_token_id", None))
+                    if isinstance(i, int)}
+
+    def took(self, token: int, base: _Base) -> bool:
+        """Record the chosen token, stream the new text; False once the request is finished
+        (end of turn, stop sequence, max tokens, or its client went away)."""
+        r, tok = self.req, base.tokenizer
+        self.gen.append(token)
+        self.last = token
+        r.output_tokens = len(self.gen)
+        hit_eos = token in self.eos
+        if r.matcher is not None and not r.matcher.is_stopped():
+            r.matcher.consume_token(token)
+        if self.lp is not None and not hit_eos:
+            self._logprob(token, tok)
+        self.lp = None
+        text = tok.decode(self.gen[:-1] if hit_eos else self.gen, skip_special_tokens=True)
+        if self.watched:
+            self._watch(text, base)
+        stop_at = min((text.find(s) for s in r.stop if s and s in text), default=-1)
+        if stop_at >= 0:
+            text, r.stop_reason = text[:stop_at], "stop_sequence"
+        elif hit_eos:
+            r.stop_reason = "end_turn"
+        elif len(self.gen) >= r.max_tokens:
+            r.stop_reason = "max_tokens"
+        # hold back a partial multi-byte character (decoded as U+FFFD)
+        ready = text if (stop_at >= 0 or hit_eos) else text.rstrip("\ufffd")
+        if ready.startswith(self.sent) and len(ready) > len(self.sent):
+            r.events.put(("text", ready[len(self.sent):]))
+            self.sent = ready
+        finished = stop_at >= 0 or hit_eos or len(self.gen) >= r.max_tokens
+        if r.cancelled.is_set() and not finished:
+            r.stop_reason = "cancelled"  # the client went away (internal only)
+            finished = True
+        if finished:
+            r.text = ready
+        return not finished
+
+    def _logprob(self, token: int, tok) -> None:
+        lp, r = self.lp, self.req
+        entry = {"token": tok.decode([token]), "logprob": max(float(lp[token]), MIN_LOGPROB)}
+        if r.top_logprobs:
+            vals, ids = torch.topk(lp, r.top_logprobs)
+            entry["top_logprobs"] = [{"token": tok.decode([int(t)]),
+                                      "logprob": max(float(v), MIN_LOGPROB)}
+                                     for v, t in zip(vals, ids, strict=True)]
+        r.token_logprobs.append(entry)
+
+    def _watch(self, text: str, base: _Base) -> None:
+        """A watched row that has just opened a tool call gets the call's grammar, fed with
+        what it already wrote after the tag."""
+        from afinar.data.tools import CALL_OPEN
+        from afinar.inference import constrain
+
+        if CALL_OPEN not in text:
+            return
+        self.watched = False
+        r = self.req
+        rest = text.split(CALL_OPEN, 1)[1]
+        try:
+            m = base.grammar_compiler().matcher(constrain.tool_call_grammar(
+                r.tools, None, r.parallel_tool_calls, started=True), "tools")
+        except RequestError:
+            return  # a grammar llguidance cannot build: the call stays free, parsed as now
+        if rest and not m.consume_tokens(base.tokenizer(rest, add_special_tokens=False)
+                                         ["input_ids"]):
+            return  # already off the schema: left free
+        r.matcher = m
+
+
+class _Prefill:
+    """A group of requests whose prompts go through the model, chunk by chunk, before they
+    join the decoding rows: left-padded ids, mask and positions, and their own cache."""
+
+    def __init__(self, rows: list[_Row], base: _Base):
+        self.rows = rows
+        n = max(len(r.req.prompt_ids) for r in rows)
+        pad = base.tokenizer.pad_token_id or 0
+        self.ids = torch.full((len(rows), n), pad, dtype=torch.long)
+        self.mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            self.ids[i, n - len(r.req.prompt_ids):] = torch.tensor(r.req.prompt_ids)
+            self.mask[i, n - len(r.req.prompt_ids):] = 1
+        self.pos = (self.mask.cumsum(dim=1) - 1).clamp(min=0)
+        self.done = 0  # prompt columns already through the model
+        self.cache = kvbatch.new_cache(base.model)
+
+
+@dataclass
+class _Batch:
+    """The rows of one base model decoded together, and the group prefilling to join them."""
+    base: _Base
+    rows: list[_Row] = field(default_factory=list)
+    cache: object = None
+    mask: torch.Tensor | None = None
+    joining: _Prefill | None = None
+    closed: bool = False  # a cache that cannot be rearranged: no joins until the rows end
 
 
 def _tool_calls(r: GenRequest) -> None:
@@ -314,88 +495,3 @@ def _tool_calls(r: GenRequest) -> None:
         r.text = content or ""
         if r.stop_reason in ("end_turn", "stop_sequence"):
             r.stop_reason = "tool_use"
-
-
-class _Rows:
-    """Per-row grammar masks and logprobs, as a logits processor (called before each token is
-    chosen); `took` is told each row's chosen token (from the stopping criteria, after)."""
-
-    def __init__(self, batch: list[GenRequest], done: list[bool], base: _Base):
-        self.batch, self.done, self.base = batch, done, base
-        self.constrained = [i for i, r in enumerate(batch) if r.matcher is not None]
-        # tool_choice auto: free until the row writes <tool_call>, then held to the schemas
-        self.watched = {i for i, r in enumerate(batch)
-                        if r.parse_tools and r.tool_choice == "auto" and r.matcher is None}
-        self.want_lp = [i for i, r in enumerate(batch) if r.logprobs]
-        self.active = bool(self.constrained or self.want_lp or self.watched)
-        self.grammars = base.grammar_compiler() if self.constrained or self.watched else None
-        self.bitmask = self.grammars.bitmask(len(batch)) if self.grammars else None
-        self.pending: dict[int, torch.Tensor] = {}  # row -> log-probs of its next token
-
-    def __call__(self, input_ids, scores):
-        for i in self.want_lp:  # the model's own distribution, before any grammar mask
-            if not self.done[i]:
-                self.pending[i] = torch.log_softmax(scores[i].float(), dim=-1)
-        live = [(self.batch[i].matcher, i) for i in self.constrained if not self.done[i]]
-        if live:
-            self.grammars.fill(live, self.bitmask)
-            self.grammars.apply(scores, self.bitmask)
-        return scores
-
-    def saw(self, i: int, text: str, tok) -> None:
-        """A watched row that has just opened a tool call gets the call's grammar, fed with
-        what it already wrote after the tag."""
-        from afinar.data.tools import CALL_OPEN
-        from afinar.inference import constrain
-
-        if i not in self.watched or CALL_OPEN not in text:
-            return
-        self.watched.discard(i)
-        r = self.batch[i]
-        rest = text.split(CALL_OPEN, 1)[1]
-        try:
-            m = self.grammars.matcher(constrain.tool_call_grammar(
-                r.tools, None, r.parallel_tool_calls, started=True), "tools")
-        except RequestError:
-            return  # a grammar llguidance cannot build: the call stays free, parsed as now
-        if rest and not m.consume_tokens(tok(rest, add_special_tokens=False)["input_ids"]):
-            return  # already off the schema: left free
-        r.matcher = m
-        self.constrained.append(i)
-
-    def took(self, i: int, token: int, is_eos: bool, tok) -> None:
-        r = self.batch[i]
-        if r.matcher is not None and not r.matcher.is_stopped():
-            r.matcher.consume_token(token)
-        lp = self.pending.pop(i, None)
-        if lp is None or is_eos:
-            return
-        entry = {"token": tok.decode([token]), "logprob": max(float(lp[token]), MIN_LOGPROB)}
-        if r.top_logprobs:
-            vals, ids = torch.topk(lp, r.top_logprobs)
-            entry["top_logprobs"] = [{"token": tok.decode([int(t)]),
-                                      "logprob": max(float(v), MIN_LOGPROB)}
-                                     for v, t in zip(vals, ids, strict=True)]
-        r.token_logprobs.append(entry)
-
-
-class _adapter:
-    """Run with one named adapter active, or with adapters disabled for the base model."""
-
-    def __init__(self, model, name: str | None):
-        self.model, self.name, self.ctx = model, name, None
-
-    def __enter__(self):
-        from peft import PeftModel
-
-        if not isinstance(self.model, PeftModel):
-            return
-        if self.name is None:
-            self.ctx = self.model.disable_adapter()
-            self.ctx.__enter__()
-        else:
-            self.model.set_adapter(self.name)
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
