@@ -166,10 +166,11 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 2)
 
+    from serve_throughput import make_adapters
+
     from afinar.config import Settings, load_settings
     from afinar.inference.engine import Engine
     from afinar.models.registry import BUILTIN_MODELS, ensure_builtin
-    from serve_throughput import make_adapters
 
     settings = load_settings()
     base_dir = ensure_builtin(BUILTIN_MODELS["smollm2-135m-instruct"], settings)

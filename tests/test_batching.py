@@ -137,3 +137,45 @@ def test_constrained_and_free_rows_share_a_batch(engine, tiny_model_dir):
     assert json.loads(held.result(timeout=300).text)["n"] in ("yes", "no")
     free.result(timeout=300)
     assert _alone(engine, tiny_model_dir, "Ok", 3)
+
+
+def _peft_greedy(tiny_model_dir, adapter_dir, text, n):
+    """What PEFT itself generates with the adapter merged (the reference)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from afinar.data.tokenize import ensure_chat_template, render_prompt
+    from afinar.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    ensure_chat_template(tok)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
+    ids = tok(render_prompt(tok, [{"role": "user", "content": text}]),
+              add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                         do_sample=False, temperature=None, top_p=None, top_k=None,
+                         pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_per_row_lora_matches_peft(engine, tiny_model_dir, adapters, tmp_path):
+    """The engine's per-row LoRA gives what PEFT gives; an adapter it cannot apply per row
+    (DoRA) is served merged into its own copy of the base, and also matches PEFT."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    for d in adapters:
+        assert _alone(engine, d, "Tell me about ships.", 12) == _peft_greedy(
+            tiny_model_dir, d, "Tell me about ships.", 12)
+    torch.manual_seed(5)
+    m = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), LoraConfig(
+        r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM"))
+    for name, p in m.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    m.save_pretrained(str(tmp_path / "dora"))
+    got = _alone(engine, tmp_path / "dora", "Tell me about ships.", 12)
+    assert got == _peft_greedy(tiny_model_dir, tmp_path / "dora", "Tell me about ships.", 12)
+    assert len(engine.bases) == 2  # the merged copy beside the shared base

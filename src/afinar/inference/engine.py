@@ -1,15 +1,17 @@
 """The serving engine: models loaded once, requests batched continuously, tokens streamed.
 
 - Models: an LRU of loaded base models under a memory budget. A LoRA custom model does not get a
-  copy of its base: its adapter is loaded into the base's PeftModel under its own name.
+  copy of its base: its adapter is added to the base's per-row LoRA (inference/multilora.py);
+  an adapter that cannot be applied per row (DoRA, trained embeddings, ...) is merged into its
+  own copy of the base.
 - Continuous batching: one generation thread keeps, per base model, a batch of rows being
   decoded together, one token per row per step. A request joins at the next step: its prompt is
   prefilled in chunks of at most `prefill_chunk` tokens between decoding steps (so a long prompt
   never stalls the running rows for more than one chunk), then its cache is merged into the
   batch's (inference/kvbatch.py). A request leaves the batch at the step it finishes (EOS, max
   tokens, a stop sequence, its client gone); nobody waits for anybody else's batch to end.
-  Rows of different LoRA adapters and of the base share a batch (PEFT's mixed-adapter forward,
-  `adapter_names`), and so do greedy and sampled rows (each samples with its own temperature,
+  Rows of different LoRA adapters and of the base share a batch (each row's adapter is applied
+  to its row only), and so do greedy and sampled rows (each samples with its own temperature,
   top-p and seed).
 - Why our own scheduler: transformers' ContinuousBatchingManager (5.24) has no mixed-adapter
   batches and no per-request logits processors (grammars), both needed here;
@@ -27,6 +29,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,9 +53,10 @@ from afinar.inference.requests import (
 @dataclass
 class _Base:
     path: str
-    model: object  # a PeftModel once an adapter was added, else the plain model
+    model: object
     tokenizer: object
     adapters: set = field(default_factory=set)
+    lora: object = None  # multilora.MultiLora, made with the first adapter
     nbytes: int = 0
     grammars: object = None  # constrain.Grammars, made on the first constrained request
 
@@ -110,10 +114,16 @@ class Engine:
                     return self.bases[path], adapter
             r, adapter_dir = resolve_request_model(model_id, self.settings, self.confined)
             if adapter_dir and r.base and Path(r.base).exists():
+                from afinar.inference.multilora import Unsupported
+
                 base = self._base(r.base)
                 name = adapter_key(adapter_dir)
-                if name not in base.adapters:
-                    self._add_adapter(base, name, adapter_dir)
+                try:
+                    if name not in base.adapters:
+                        self._add_adapter(base, name, adapter_dir)
+                except Unsupported:  # served merged, in its own copy of the base
+                    base = self._base(r.base, merge=adapter_dir)
+                    name = None
                 self.routes[model_id] = (base.path, name)
                 return base, name
             base = self._base(r.path)
@@ -122,22 +132,21 @@ class Engine:
 
     def _add_adapter(self, base: _Base, name: str, adapter_dir: str) -> None:
         """Between two decoding steps (the running rows keep their caches: the base's weights
-        do not change, and they name their adapter per step)."""
-        from peft import PeftModel
+        do not change)."""
+        from afinar.inference.multilora import MultiLora
 
         with self.model_lock:
-            if not base.adapters:
-                base.model = PeftModel.from_pretrained(base.model, adapter_dir,
-                                                       adapter_name=name)
-            else:
-                base.model.load_adapter(adapter_dir, adapter_name=name)
-            base.model.eval()
+            if base.lora is None:
+                base.lora = MultiLora(base.model)
+            base.lora.add(name, adapter_dir)
             base.adapters.add(name)
 
-    def _base(self, path: str) -> _Base:
-        if path in self.bases:
-            self.bases.move_to_end(path)
-            return self.bases[path]
+    def _base(self, path: str, merge: str | None = None) -> _Base:
+        """A loaded base model (with `merge`: that adapter merged into a copy of it)."""
+        key = f"{path} + {merge}" if merge else path
+        if key in self.bases:
+            self.bases.move_to_end(key)
+            return self.bases[key]
         from afinar.data.tokenize import ensure_chat_template
         from afinar.models.loading import load_causal_lm, load_tokenizer
         from afinar.training.runtime import choose_device, choose_dtype
@@ -145,14 +154,17 @@ class Engine:
         device = choose_device()
         dtype, _ = choose_dtype(self.precision, device)
         model = load_causal_lm(path, dtype, device).eval()
+        if merge:
+            from peft import PeftModel
+            model = PeftModel.from_pretrained(model, merge).merge_and_unload().eval()
         tok = load_tokenizer(path, padding_side="left")
         ensure_chat_template(tok)
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
         while self.bases and sum(b.nbytes for b in self.bases.values()) + nbytes > self.budget:
             old, _ = self.bases.popitem(last=False)  # least recently used
             self.routes = {k: v for k, v in self.routes.items() if v[0] != old}
-        b = _Base(path, model, tok, nbytes=nbytes)
-        self.bases[path] = b
+        b = _Base(key, model, tok, nbytes=nbytes)
+        self.bases[key] = b
         return b
 
     def loaded(self) -> dict:
@@ -313,16 +325,13 @@ class Engine:
     @staticmethod
     def _forward(base: _Base, rows: list[_Row], ids, mask, pos, cache) -> torch.Tensor:
         """The model on `ids` (rows x new tokens) -> each row's next-token logits (float)."""
-        from peft import PeftModel
-
         model = base.model
         device = next(model.parameters()).device
-        kw = {}
-        if isinstance(model, PeftModel):  # PEFT's mixed-adapter batch: one adapter per row
-            kw["adapter_names"] = [r.adapter or "__base__" for r in rows]
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                    position_ids=pos.to(device), cache=cache, use_cache=True,
-                    logits_to_keep=1, **kw)
+        lora = base.lora.step([r.adapter for r in rows]) if base.lora else contextlib.nullcontext()
+        with lora:
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                        position_ids=pos.to(device), cache=cache, use_cache=True,
+                        logits_to_keep=1)
         return out.logits[:, -1, :].float()
 
     def _advance(self, base: _Base, rows: list[_Row], logits: torch.Tensor) -> list[int]:
