@@ -161,7 +161,7 @@ def head_of_line(engine, model_id: str, long: int, static_tps: float) -> tuple[f
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--long", type=int, default=256)
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 2)

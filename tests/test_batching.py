@@ -179,3 +179,33 @@ def test_per_row_lora_matches_peft(engine, tiny_model_dir, adapters, tmp_path):
     got = _alone(engine, tmp_path / "dora", "Tell me about ships.", 12)
     assert got == _peft_greedy(tiny_model_dir, tmp_path / "dora", "Tell me about ships.", 12)
     assert len(engine.bases) == 2  # the merged copy beside the shared base
+
+
+def test_packed_bf16_linear_layers_match_linear(tiny_model_dir, adapters):
+    """oneDNN-prepacked bf16 layers (serving on CPUs with native bf16) compute what F.linear
+    does, with a per-row LoRA on top too."""
+    from transformers import AutoModelForCausalLM
+
+    from afinar.inference import fastlinear
+    from afinar.inference.multilora import MultiLora
+
+    if not fastlinear.available():
+        pytest.skip("this CPU's oneDNN has no native bf16")
+
+    def load():
+        m = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16)
+        lora = MultiLora(m.eval())
+        lora.add("a", str(adapters[0]))
+        return m, lora
+
+    ids = torch.randint(0, 1000, (3, 11))
+    (plain, plain_lora), (packed, packed_lora) = load(), load()
+    assert fastlinear.pack(packed) == sum(isinstance(m, torch.nn.Linear)
+                                          for m in packed.modules())
+    with torch.inference_mode():
+        for rows in ([None, None, None], ["a", None, "a"]):
+            with plain_lora.step(rows):
+                want = plain(input_ids=ids).logits
+            with packed_lora.step(rows):
+                got = packed(input_ids=ids).logits
+            torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)

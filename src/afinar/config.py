@@ -38,7 +38,7 @@ class Settings(BaseModel):
                                description="Largest upload or data check body (MB).")
     port: int = Field(8080, ge=1, le=65535, description="Port the server binds.")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs that may run at once.")
-    serve_max_batch: int = Field(16, ge=1, le=256, description="Requests generated together "
+    serve_max_batch: int = Field(32, ge=1, le=256, description="Requests generated together "
                                  "in one batch by the serving engine.")
     serve_max_queue: int = Field(256, ge=1, description="Requests that may wait for the engine; "
                                  "more get 429 / ThrottlingException.")

@@ -74,7 +74,7 @@ MIN_LOGPROB = -9999.0  # OpenAI's floor for impossible tokens (JSON has no -inf)
 
 
 class Engine:
-    def __init__(self, settings: Settings, max_batch: int = 16, batch_window_ms: float = 30,
+    def __init__(self, settings: Settings, max_batch: int = 32, batch_window_ms: float = 30,
                  max_queue: int = 256, max_prompt_tokens: int = 4096,
                  max_output_tokens: int = 1024, memory_budget_mb: int = 8192,
                  precision: str = "auto", confined: bool = False, prefill_chunk: int = 512):
@@ -160,6 +160,8 @@ class Engine:
         tok = load_tokenizer(path, padding_side="left")
         ensure_chat_template(tok)
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        from afinar.inference import fastlinear
+        fastlinear.pack(model)  # bf16 on CPU: oneDNN's prepacked weights (measured there)
         while self.bases and sum(b.nbytes for b in self.bases.values()) + nbytes > self.budget:
             old, _ = self.bases.popitem(last=False)  # least recently used
             self.routes = {k: v for k, v in self.routes.items() if v[0] != old}
