@@ -50,13 +50,15 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def baseline(model_dir: Path, n: int, max_tokens: int) -> tuple[float, list[float]]:
+def baseline(model_dir: Path, n: int, max_tokens: int, dtype: str = "float32"
+             ) -> tuple[float, list[float]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(os.cpu_count() or 2)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir),
+                                                 dtype=getattr(torch, dtype)).eval()
     toks, lat = 0, []
     t0 = time.perf_counter()
     for p in PROMPTS[:n]:
@@ -69,7 +71,8 @@ def baseline(model_dir: Path, n: int, max_tokens: int) -> tuple[float, list[floa
                                  pad_token_id=tok.eos_token_id)
         lat.append(time.perf_counter() - t)
         toks += out.shape[1] - enc["input_ids"].shape[1]
-    print(f"baseline: {toks / n:.1f} output tokens per request on average")
+    print(f"baseline ({dtype}): {toks / n:.1f} output tokens per request on average, "
+          f"{toks / (time.perf_counter() - t0):.1f} tokens/s")
     return toks / (time.perf_counter() - t0), lat
 
 
@@ -145,12 +148,14 @@ def wait_up(url: str, path: str, timeout: float = 900) -> None:
 
 
 def side_by_side(a, base_dir: Path, home: Path, base_tps: float) -> None:
-    """afinar embedded, afinar on vLLM, and vLLM alone; the same clients and prompts."""
+    """afinar embedded, and (with --vllm-command) afinar on vLLM and vLLM alone; the same
+    clients and prompts."""
     import shlex
 
     vargs = ["--max-model-len", "2048", "--dtype", "bfloat16", "--gpu-memory-utilization", "0.3"]
     table = {}
-    for name in ("afinar embedded", "afinar on vLLM", "vLLM alone"):
+    names = ["afinar embedded"] + (["afinar on vLLM", "vLLM alone"] if a.vllm_command else [])
+    for name in names:
         p = port()
         url = f"http://127.0.0.1:{p}"
         h = home / name.replace(" ", "-")
@@ -185,7 +190,7 @@ def side_by_side(a, base_dir: Path, home: Path, base_tps: float) -> None:
           f"baseline HF generate one at a time {base_tps:.1f} tokens/s):")
     print(f"{'':>16}{'clients':>8}{'tokens/s':>10}{'vs HF':>8}{'p50 s':>8}{'p95 s':>8}"
           f"{'TTFT p95':>10}")
-    for name in ("afinar embedded", "afinar on vLLM", "vLLM alone"):
+    for name in names:
         for c, tps, p50, p95, ttft in table[name]:
             print(f"{name:>16}{c:>8}{tps:>10.1f}{tps / base_tps:>7.2f}x{p50:>8.2f}{p95:>8.2f}"
                   f"{ttft:>10.2f}")
@@ -209,6 +214,7 @@ def main() -> None:
     adapters = make_adapters(home, base_dir, 5)
 
     base_tps, base_lat = baseline(base_dir, 8, a.max_tokens)
+    baseline(base_dir, 8, a.max_tokens, "bfloat16")  # printed beside it: HF in bf16
     p = port()
     env = dict(os.environ, AFINAR_HOME=str(home))
     proc = subprocess.Popen([sys.executable, "-m", "afinar.cli.main", "serve", "--port", str(p),
@@ -235,8 +241,7 @@ def main() -> None:
         return r["usage"]["outputTokens"], time.perf_counter() - t
 
     try:
-        if a.vllm_command:
-            side_by_side(a, base_dir, home, base_tps)
+        side_by_side(a, base_dir, home, base_tps)
         idle = rss_mb(proc.pid)
         ask(0)  # load the base model
         one_model = rss_mb(proc.pid)

@@ -61,7 +61,10 @@ class Embedder:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        if threads:
+        from afinar.inference.engine import engine_running
+        if engine_running():  # see encode
+            torch.set_num_threads(1)
+        elif threads:
             torch.set_num_threads(threads)
         from transformers.utils import logging as hf_logging
 
@@ -83,6 +86,11 @@ class Embedder:
         so one call over many documents' chunks pads least."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        import torch
+
+        from afinar.inference.engine import engine_running
+        if engine_running():  # one thread here: the engine's thread owns the parallel team
+            torch.set_num_threads(1)
         with self.lock:
             v = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                                   normalize_embeddings=True, show_progress_bar=False)

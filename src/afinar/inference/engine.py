@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -70,6 +71,14 @@ class _Base:
 
 
 MAX_GATHER_S = 0.25
+_live_engines: set[int] = set()  # ids of the engines running in this process
+
+
+def engine_running() -> bool:
+    """Whether a generation engine runs in this process: other torch work here (embeddings)
+    then keeps to one thread, so that it leaves no idle OpenMP team beside the engine's (see
+    Engine.resolve)."""
+    return bool(_live_engines)
 MIN_LOGPROB = -9999.0  # OpenAI's floor for impossible tokens (JSON has no -inf)
 
 
@@ -89,6 +98,7 @@ class Engine:
         self.routes: dict[str, tuple[str, str | None]] = {}  # model id -> (base path, adapter)
         self.prefill_chunk = prefill_chunk
         self.pending: collections.deque[_Row] = collections.deque()
+        self.calls: collections.deque = collections.deque()  # (future, fn, args) to run here
         self.batches: dict[str, _Batch] = {}  # base path -> its running batch (engine thread)
         self.lock = threading.Lock()
         self.load_lock = threading.Lock()
@@ -102,6 +112,7 @@ class Engine:
         self.stats = {"batches": 0, "requests": 0, "steps": 0, "max_batch_seen": 0}
         self.thread = threading.Thread(target=self._loop, name="afinar-generate", daemon=True)
         self.thread.start()
+        _live_engines.add(id(self))
 
     # -- models ------------------------------------------------------------------------------
     def resolve(self, model_id: str) -> tuple[_Base, str | None]:
@@ -111,6 +122,40 @@ class Engine:
                 path, adapter = self.routes[model_id]
                 if path in self.bases:
                     self.bases.move_to_end(path)
+                    return self.bases[path], adapter
+        # Loading runs on the engine thread, like every other torch call of the engine: a
+        # second thread that has run parallel torch work keeps its OpenMP team alive beside
+        # the engine's for as long as it lives, which was measured to halve decoding speed on
+        # a 2-core CPU (24 -> 48 ms a step) once a request thread had loaded the model.
+        return self._on_engine_thread(self._load, model_id)
+
+    def _on_engine_thread(self, fn, *args):
+        if threading.current_thread() is self.thread:
+            return fn(*args)
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        with self.lock:
+            if self.closed:
+                raise Overloaded("the engine is shutting down")
+            self.calls.append((done, fn, args))
+        self.wake.set()
+        return done.result()
+
+    def _run_calls(self) -> None:
+        while True:
+            with self.lock:
+                if not self.calls:
+                    return
+                done, fn, args = self.calls.popleft()
+            try:
+                done.set_result(fn(*args))
+            except Exception as e:  # the caller gets it
+                done.set_exception(e)
+
+    def _load(self, model_id: str) -> tuple[_Base, str | None]:
+        with self.load_lock:
+            if model_id in self.routes:  # loaded by an earlier call meanwhile
+                path, adapter = self.routes[model_id]
+                if path in self.bases:
                     return self.bases[path], adapter
             r, adapter_dir = resolve_request_model(model_id, self.settings, self.confined)
             if adapter_dir and r.base and Path(r.base).exists():
@@ -208,6 +253,7 @@ class Engine:
 
     def close(self) -> None:
         self.closed = True
+        _live_engines.discard(id(self))
         self.wake.set()
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout=30)  # ends after the step it is in
@@ -259,6 +305,7 @@ class Engine:
 
     def _loop(self) -> None:
         while not self.closed:
+            self._run_calls()
             self._admit()
             busy = False
             for path, b in list(self.batches.items()):
@@ -277,6 +324,9 @@ class Engine:
                 self.wake.wait(0.5)
                 self.wake.clear()
         with self.lock:
+            for done, _, _ in self.calls:
+                done.set_exception(Overloaded("the engine is shutting down"))
+            self.calls.clear()
             waiting = [r.req for r in self.pending] + [
                 r.req for b in self.batches.values()
                 for r in b.rows + (b.joining.rows if b.joining else [])]
