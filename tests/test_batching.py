@@ -209,3 +209,25 @@ def test_packed_bf16_linear_layers_match_linear(tiny_model_dir, adapters):
             with packed_lora.step(rows):
                 got = packed(input_ids=ids).logits
             torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+
+
+def test_sliding_window_model_runs_as_closed_groups(engine, tiny_model_dir, tmp_path):
+    """A model with sliding-window attention (its cache cannot be re-framed) runs each group
+    of requests to its end before the next joins, and still gets single-request outputs."""
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    torch.manual_seed(3)
+    model = MistralForCausalLM(MistralConfig(
+        vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, sliding_window=8,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(str(tmp_path / "swa"))
+    tok.save_pretrained(str(tmp_path / "swa"))
+    jobs = [("Tell me a long story about the sea and its ships.", 20), ("Hi", 12),
+            ("What is 2+2?", 16)]
+    alone = [_alone(engine, tmp_path / "swa", t, n) for t, n in jobs]
+    first = _ask(engine, tmp_path / "swa", *jobs[0])
+    _wait(lambda: first.output_tokens > 0, "a first token")
+    rest = [_ask(engine, tmp_path / "swa", t, n) for t, n in jobs[1:]]
+    assert [r.result(timeout=300).text for r in [first, *rest]] == alone
