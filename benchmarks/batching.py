@@ -194,14 +194,26 @@ def main() -> None:
     print(f"CPU: {cpu_features()}; {a.requests} requests, at most 8-96 tokens each "
           f"(until EOS), greedy; tokens/s = tokens the requests got / wall time")
 
+    def baselines(precision: str):
+        """On the model as the engine loads it (prepacked bf16 layers included), with no
+        engine thread alive: only the scheduling differs."""
+        from afinar.data.tokenize import ensure_chat_template
+        from afinar.inference import fastlinear
+        from afinar.models.loading import load_causal_lm, load_tokenizer
+
+        model = load_causal_lm(str(base_dir), getattr(torch, {"bf16": "bfloat16",
+                                                              "fp32": "float32"}[precision]))
+        if precision == "bf16":
+            fastlinear.pack(model.eval())
+        tok = load_tokenizer(str(base_dir), padding_side="left")
+        ensure_chat_template(tok)
+        return (one_at_a_time(model, tok, work[:6]), static(model, tok, work, a.batch),
+                hf_continuous(model, tok, work, a.batch))
+
     for precision in ("bf16", "fp32"):
+        single, st, hf = in_thread(baselines, precision)
         engine = Engine(settings, max_batch=a.batch, precision=precision, batch_window_ms=5)
-        base, _ = engine.resolve(str(base_dir))
-        model, tok = base.model, base.tokenizer
-        engine_run(engine, str(base_dir), work[:2])  # warm up
-        single = in_thread(one_at_a_time, model, tok, work[:6])
-        st = in_thread(static, model, tok, work, a.batch)
-        hf = in_thread(hf_continuous, model, tok, work, a.batch)
+        engine_run(engine, str(base_dir), work[:2])  # loads and warms up
         ours = engine_run(engine, str(base_dir), work)
         print(f"\n[{precision}] tokens/s (tokens generated: one at a time {single[1]} for 6 "
               f"requests, static {st[1]}, engine {ours[1]})")
