@@ -88,8 +88,8 @@ def write_data(home: Path, n: int) -> str:
 
 def latency(n_jobs: int, reps: int) -> None:
     from afinar.config import load_settings
+    from afinar.jobs.service import JobService
     from afinar.jobs.store import set_fields
-    from afinar.serve.bedrock import JobService
 
     home = Path(tempfile.mkdtemp(prefix="afinar-bench-"))
     tiny = tiny_model(home)
@@ -170,7 +170,7 @@ def latency(n_jobs: int, reps: int) -> None:
 
 
 def _token(offset: int) -> str:
-    from afinar.serve.bedrock import _encode_token
+    from afinar.jobs.service import _encode_token
     return _encode_token(offset)
 
 

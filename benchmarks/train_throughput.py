@@ -97,7 +97,7 @@ def worker_trl(args) -> dict:
     from afinar.data.readers import read_records
     from afinar.data.schema import normalize
     from afinar.models.registry import resolve_model
-    from afinar.training.runtime import cpu_has_fast_bf16
+    from afinar.runtime import cpu_has_fast_bf16
 
     torch.set_num_threads(2)
     settings = load_settings()

@@ -21,8 +21,8 @@ def main() -> None:
     from afinar.demo.stripe_data import generate
     from afinar.inference.generate import generate as gen
     from afinar.inference.generate import load
+    from afinar.runtime import choose_dtype
     from afinar.training.config import parse_train_config
-    from afinar.training.runtime import choose_dtype
     from afinar.training.trainer import train
 
     ap = argparse.ArgumentParser()

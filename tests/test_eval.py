@@ -56,7 +56,7 @@ def test_evaluate_two_models_reports_differences(tmp_path, settings, tiny_model_
 
 
 def test_classification_metrics_hand_made():
-    from afinar.training.classify import classification_metrics
+    from afinar.eval.classification import classification_metrics
 
     m = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(0.6)

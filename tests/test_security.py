@@ -479,8 +479,8 @@ def test_cli_numbers_are_range_checked(argv, capsys):
 
 
 def test_corrupt_job_store_is_a_clear_error(tmp_path):
+    from afinar.db import connect
     from afinar.errors import ConfigError
-    from afinar.jobs.store import connect
 
     db = tmp_path / "afinar.db"
     db.write_bytes(b"this is not a database" * 100)

@@ -123,8 +123,8 @@ def test_list_paging_filters_and_sort(tmp_path, tiny_model_dir):
     """ListModelCustomizationJobs over a store of 25 jobs: maxResults + nextToken paging visits
     each once, status/name filters and both sort orders."""
     from afinar.config import load_settings
+    from afinar.jobs.service import JobService
     from afinar.jobs.store import set_fields
-    from afinar.serve.bedrock import JobService
 
     srv = Server(tmp_path / "srv", tiny_model_dir)
     svc = JobService(load_settings({"home": srv.home}))
@@ -421,7 +421,7 @@ def test_postgresql_job_store(tmp_path, tiny_model_dir, postgres_url):
     and the event log work."""
     from sqlalchemy import create_engine, text
 
-    from afinar.jobs import store as db
+    from afinar import db
 
     srv = Server(tmp_path / "srv", tiny_model_dir, extra_toml=f'database_url = "{postgres_url}"')
     srv.start()

@@ -231,3 +231,69 @@ def test_abandoned_stream_is_cancelled(tiny_model_dir, settings):
         assert req.stop_reason == "cancelled" and req.output_tokens < 1000
     finally:
         engine.close()
+
+
+def test_full_queue_is_throttled_in_every_api(tmp_path, tiny_model_dir):
+    """One row decoding, one request waiting (serve_max_queue = 1): the next request gets
+    429 — ThrottlingException through boto3, RateLimitError through the openai client — from
+    the one error table (serve/errors.py); the waiting one is served once the row is free."""
+    import threading
+    import time
+
+    import openai
+    from botocore.exceptions import ClientError
+
+    s = Server(tmp_path / "srv", tiny_model_dir,
+               extra_toml="serve_max_batch = 1\nserve_max_queue = 1\n").start()
+    try:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0,
+                               timeout=300)
+        msgs = [{"role": "user", "content": "hi"}]
+        client.chat.completions.create(model="tiny", messages=msgs, max_tokens=1)  # loaded
+        running = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=1000,
+                                                 stream=True)
+        next(iter(running))  # decoding: the only row
+        waited = []
+        waiter = threading.Thread(target=lambda: waited.append(client.chat.completions.create(
+            model="tiny", messages=msgs, max_tokens=3)))
+        waiter.start()
+        deadline = time.time() + 120
+        while json.loads(urllib.request.urlopen(f"{s.url}/afinar/engine").read())[
+                "queued"] < 1:
+            assert time.time() < deadline, "the second request never queued"
+            time.sleep(0.01)
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="tiny", messages=msgs, max_tokens=3)
+        rt = boto3.client("bedrock-runtime", endpoint_url=s.url, region_name="us-east-1",
+                          aws_access_key_id="x", aws_secret_access_key="y",
+                          config=Config(retries={"max_attempts": 0}))
+        with pytest.raises(ClientError) as e:
+            rt.converse(modelId="tiny", messages=[{"role": "user", "content": [{"text": "hi"}]}])
+        assert e.value.response["Error"]["Code"] == "ThrottlingException"
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+        running.close()  # the client goes away: its row is freed
+        waiter.join(timeout=300)
+        assert waited and waited[0].choices[0].message.content is not None
+    finally:
+        s.kill()
+
+
+def test_error_table_covers_the_engine_errors():
+    from afinar.errors import ModelNotFoundError
+    from afinar.inference.requests import (
+        BackendUnavailable,
+        ModelUnavailable,
+        Overloaded,
+        RequestError,
+    )
+    from afinar.serve.errors import aws_error, lookup
+
+    assert lookup(Overloaded("x")) == (429, "ThrottlingException", "rate_limit_exceeded")
+    assert lookup(ModelUnavailable("x"))[:2] == (404, "ResourceNotFoundException")
+    assert lookup(ModelNotFoundError("x", hint="y"))[1] == "ResourceNotFoundException"
+    assert lookup(BackendUnavailable("x"))[0] == 503
+    assert lookup(RequestError("x"))[:2] == (400, "ValidationException")
+    assert aws_error(ModelNotFoundError("gone", hint="use another")).message == \
+        "gone; use another"
+    with pytest.raises(TypeError):
+        lookup(KeyError("not ours"))

@@ -227,7 +227,7 @@ def test_constrained_decoding_random_model_satisfies_schema(engine, tiny_model_d
 def test_auto_tool_call_is_held_to_the_schema_once_opened(engine, tiny_model_dir):
     """tool_choice auto: the row is free until it writes <tool_call>; from there the call's
     grammar (fed with what follows the tag) holds it to the tools' schemas."""
-    from afinar.inference.engine import _Rows
+    from afinar.inference.engine import _Row
     from afinar.inference.requests import GenRequest
 
     tools = [{"name": "get_weather", "description": "", "parameters": {
@@ -238,10 +238,11 @@ def test_auto_tool_call_is_held_to_the_schema_once_opened(engine, tiny_model_dir
 
     def rows_for(text):
         r = GenRequest(model=str(tiny_model_dir), messages=[], tools=tools)
-        rows = _Rows([r], [False], base)
-        rows.saw(0, "Checking.", tok)
-        assert r.matcher is None  # free text: no grammar yet
-        rows.saw(0, text, tok)
+        row = _Row(r, base, None)
+        assert row.watched
+        row._watch("Checking.", base)
+        assert r.matcher is None and row.watched  # free text: no grammar yet
+        row._watch(text, base)
         return r
 
     def accepts(m, s):

@@ -36,6 +36,24 @@ class ModelLoadError(AfinarError):
     """A model was found but could not be loaded."""
 
 
+class InvalidRequest(AfinarError):
+    """A request field that is wrong (the message names it and says how to fix it)."""
+
+
+class NotFound(AfinarError):
+    """A named thing (job, custom model, knowledge base, ...) that does not exist."""
+
+    exit_code = 3
+
+
+class Conflict(AfinarError):
+    """A request at odds with the current state: a name taken, a job still running."""
+
+
+class QuotaExceeded(AfinarError):
+    """A limit on what may wait or exist at once is reached."""
+
+
 @dataclass(frozen=True)
 class Issue:
     """One problem in a data file, at a line (1-based) or record, in a field."""

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from afinar.config import Settings
-from afinar.errors import ConfigError
+from afinar.errors import ConfigError, NotFound
 from afinar.progress import ProgressCallback, null_progress
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
@@ -101,8 +101,7 @@ def load_catalog(directory: Path = RECIPES_DIR) -> dict[str, Recipe]:
 def get_recipe(name: str) -> Recipe:
     cat = load_catalog()
     if name not in cat:
-        raise ConfigError(f"no recipe '{name}' in the catalog",
-                          hint=f"recipes: {', '.join(cat)}")
+        raise NotFound(f"no recipe '{name}' in the catalog", hint=f"recipes: {', '.join(cat)}")
     return cat[name]
 
 

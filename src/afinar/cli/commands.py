@@ -610,13 +610,10 @@ def add_predict(sub) -> None:
 def cmd_predict(args) -> int:
     from transformers import AutoModelForSequenceClassification
 
+    from afinar.eval.classification import classification_metrics, format_metrics
+    from afinar.inference.classify import predict_ids
     from afinar.models.loading import load_tokenizer
     from afinar.models.registry import resolve_model
-    from afinar.training.classify import (
-        classification_metrics,
-        format_metrics,
-        predict_ids,
-    )
 
     _quiet_libraries()
     res = resolve_model(args.model, _settings(args))

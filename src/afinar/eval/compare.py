@@ -134,9 +134,10 @@ def _evaluate_text(models, data_path, settings, limit, progress, precision="auto
 def _evaluate_classification(models, data_path, settings, limit, batch_size) -> dict:
     from transformers import AutoModelForSequenceClassification
 
+    from afinar.eval.classification import classification_metrics
+    from afinar.inference.classify import predict_ids
     from afinar.models.loading import load_tokenizer
     from afinar.models.registry import resolve_model
-    from afinar.training.classify import classification_metrics, predict_ids
 
     exs = load_eval_data(data_path, limit, expected="classification")
     texts, gold_names = [e.text for e in exs], [str(e.label) for e in exs]

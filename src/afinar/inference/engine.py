@@ -196,7 +196,7 @@ class Engine:
             return self.bases[key]
         from afinar.data.tokenize import ensure_chat_template
         from afinar.models.loading import load_causal_lm, load_tokenizer
-        from afinar.training.runtime import choose_device, choose_dtype
+        from afinar.runtime import choose_device, choose_dtype
 
         device = choose_device()
         dtype, _ = choose_dtype(self.precision, device)

@@ -14,7 +14,7 @@ from afinar.data.tokenize import ensure_chat_template, render_prompt
 from afinar.models.loading import load_for_inference
 from afinar.models.registry import resolve_model
 from afinar.progress import ProgressCallback, ProgressEvent, null_progress
-from afinar.training.runtime import choose_device, choose_dtype
+from afinar.runtime import choose_device, choose_dtype
 
 
 @dataclass

@@ -15,8 +15,8 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
+from afinar import db
 from afinar.config import Settings
-from afinar.jobs import store as db
 from afinar.jobs.states import ACTIVE
 from afinar.jobs.store import add_event, finish, job_status, set_fields
 

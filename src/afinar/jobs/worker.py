@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from afinar import db
 from afinar.config import Settings, load_settings
 from afinar.errors import AfinarError, DataError
-from afinar.jobs import store as db
 from afinar.jobs.arns import short_id, slug
 from afinar.jobs.states import IllegalTransition
 from afinar.jobs.store import add_event, finish, job_status, set_fields, set_phase

@@ -1,7 +1,7 @@
 """Knowledge bases: data sources, incremental sync, document ingestion and deletion, retrieval.
 
 Records (knowledge bases, data sources, documents with content hashes, ingestion jobs) live in
-the job store (SQLite or PostgreSQL, jobs/store.py); chunks and vectors live in the knowledge
+afinar's database (SQLite or PostgreSQL, db.py); chunks and vectors live in the knowledge
 base's vector store (`$AFINAR_HOME/knowledge-bases/<id>/`). The CLI and the server share both.
 
 A sync lists the source, compares content hashes (and metadata-sidecar hashes) with the
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from sqlalchemy import delete, func, insert, select, update
 
+from afinar import db, errors
 from afinar.config import Settings
 from afinar.errors import AfinarError, ConfigError
-from afinar.jobs import store as db
 from afinar.progress import ProgressCallback, ProgressEvent, null_progress
 from afinar.rag import chunking
 from afinar.rag.filters import compile_filter
@@ -46,11 +46,11 @@ class KnowledgeBaseError(AfinarError):
     """A knowledge-base request that cannot be done as asked."""
 
 
-class NotFound(KnowledgeBaseError):
-    exit_code = 3
+class NotFound(KnowledgeBaseError, errors.NotFound):
+    pass
 
 
-class Conflict(KnowledgeBaseError):
+class Conflict(KnowledgeBaseError, errors.Conflict):
     pass
 
 

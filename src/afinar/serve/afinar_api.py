@@ -25,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from afinar.errors import AfinarError
+from afinar.serve import errors
 from afinar.serve.awsproto import ApiError
 
 UPLOAD_BUCKET = "afinar-uploads"
@@ -48,7 +49,7 @@ def _last_step_event(engine, job_id: str) -> str | None:
     """The worker's latest "step N/TOTAL ..." event (one row, newest first)."""
     from sqlalchemy import select
 
-    from afinar.jobs import store as db
+    from afinar import db
     e = db.events
     with engine.connect() as c:
         return c.execute(select(e.c.message).where(
@@ -64,8 +65,8 @@ def router(settings, service) -> APIRouter:
         from afinar.training.metrics import TRAIN_CSV, VALID_CSV
         try:
             row = await run_in_threadpool(service._job_row, job)
-        except ApiError as e:
-            return _err(404 if "NotFound" in e.code else 400, e.code, e.message)
+        except AfinarError as e:
+            return _err(*errors.lookup(e)[:2], errors.message(e))
         run = settings.jobs_dir / row.id / "run"
         last = await run_in_threadpool(_last_step_event, service.engine, row.id)
         m = _STEP.match(last or "")
@@ -78,9 +79,8 @@ def router(settings, service) -> APIRouter:
         """Resume a Failed or Stopped job from its last checkpoint."""
         try:
             return await run_in_threadpool(service.resume_job, job)
-        except ApiError as e:
-            status = 404 if "NotFound" in e.code else 409 if "Conflict" in e.code else 400
-            return _err(status, e.code, e.message)
+        except AfinarError as e:
+            return _err(*errors.lookup(e)[:2], errors.message(e))
 
     async def _spool(request: Request, dest: Path) -> int:
         """The body streamed to `dest` (the gate bounds it by max_upload_mb); its size."""

@@ -18,13 +18,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from afinar import __version__
 from afinar.config import Settings
+from afinar.errors import AfinarError
 from afinar.jobs.scheduler import Scheduler
+from afinar.jobs.service import JobService
 from afinar.serve import afinar_api, auth, console, evaluations, eventstream, gate
 from afinar.serve import catalog as catalog_routes
 from afinar.serve import openai as openai_routes
 from afinar.serve.awsproto import ApiError, Router, error_body, parse_request, serialize_output
 from afinar.serve.awsproto import service_model as load_service_model
-from afinar.serve.bedrock import JobService
+from afinar.serve.errors import aws_error
 from afinar.serve.knowledge import (
     AGENT_HANDLERS,
     AGENT_OPERATIONS,
@@ -100,8 +102,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     async def events(job: str, after: int = 0):
         try:
             return await run_in_threadpool(service.job_events, job, after)
-        except ApiError as e:
-            return err(e)
+        except AfinarError as e:
+            return err(aws_error(e))
 
     # -- inference: engine, runtime and embedder load on first use (the idle server stays
     # free of torch) --------------------------------------------------------------------------
@@ -193,8 +195,9 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
                 result = await run_in_threadpool(BEDROCK_OPERATIONS[op.name], service, params)
             status, out = serialize_output(op, result)
             return JSONResponse(out, status_code=status)
-        except ApiError as e:
-            status, b, headers = error_body(e, api_model)
+        except (ApiError, AfinarError) as e:
+            status, b, headers = error_body(e if isinstance(e, ApiError) else aws_error(e),
+                                            api_model)
             return JSONResponse(b, status_code=status, headers=headers)
         except (RecursionError, UnicodeError) as e:  # input no handler should have let through
             log.exception("bad input reached a handler")

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from afinar import jsonutil
 from afinar.errors import AfinarError
+from afinar.serve import errors
 from afinar.serve.awsproto import ApiError
 
 BUCKET = "afinar-catalog"
@@ -52,7 +53,8 @@ def router(settings, service, knowledge) -> APIRouter:
         try:
             return get_recipe(name).model_dump()
         except AfinarError as e:
-            return error(404, "ResourceNotFoundException", e.message)
+            status, code, _ = errors.lookup(e)
+            return error(status, code, errors.message(e))
 
     @r.post("/{name}/run")
     async def run(name: str, request: Request):
@@ -63,11 +65,10 @@ def router(settings, service, knowledge) -> APIRouter:
         except jsonutil.JSONProblem as e:
             return error(400, "ValidationException", f"invalid JSON body: {e.message}")
         except ApiError as e:
-            return error(e.status or (404 if "NotFound" in e.code else 400), e.code, e.message)
+            return error(e.status or 400, e.code, e.message)
         except AfinarError as e:
-            code = "ResourceNotFoundException" if "no recipe" in e.message else \
-                "ValidationException"
-            return error(404 if code.startswith("Resource") else 400, code, e.message)
+            status, code, _ = errors.lookup(e)
+            return error(status, code, errors.message(e))
 
     def _run(name: str, p: dict) -> dict:
         from afinar.catalog import get_recipe, sample_data

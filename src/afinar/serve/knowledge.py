@@ -14,9 +14,10 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from afinar.errors import AfinarError, ConfigError, ModelLoadError, ModelNotFoundError
-from afinar.rag.kb import Conflict, KnowledgeBases, NotFound
+from afinar.errors import AfinarError, ConfigError
+from afinar.rag.kb import KnowledgeBases
 from afinar.serve.awsproto import ApiError, validation
+from afinar.serve.errors import aws_error
 
 AGENT_OPERATIONS = (
     "CreateKnowledgeBase", "GetKnowledgeBase", "ListKnowledgeBases", "DeleteKnowledgeBase",
@@ -38,14 +39,8 @@ def api_errors(fn):
             return fn(*a, **kw)
         except ApiError:
             raise
-        except NotFound as e:
-            raise ApiError("ResourceNotFoundException", e.message) from None
-        except Conflict as e:
-            raise ApiError("ConflictException", e.message) from None
-        except ModelNotFoundError as e:
-            raise ApiError("ResourceNotFoundException", str(e)) from None
-        except (ConfigError, ModelLoadError, AfinarError) as e:
-            raise validation(str(e)) from None
+        except AfinarError as e:
+            raise aws_error(e) from None
         except ValueError as e:  # storage errors (outside the bucket root, ...)
             raise validation(str(e)) from None
     return wrapped
@@ -375,9 +370,6 @@ class KnowledgeService:
     def retrieve_and_generate(self, p: dict) -> dict:
         from afinar.inference.requests import (
             GenRequest,
-            ModelUnavailable,
-            Overloaded,
-            RequestError,
         )
         from afinar.rag.answer import answer, citation_to_bedrock
 
@@ -405,12 +397,8 @@ class KnowledgeService:
                     max_tokens=ti.get("maxTokens") or DEFAULT_RAG_MAX_TOKENS,
                     temperature=ti.get("temperature", 0.0), top_p=ti.get("topP", 1.0),
                     stop=ti.get("stopSequences") or []))
-            except Overloaded as e:
-                raise ApiError("ThrottlingException", e.message) from None
-            except ModelUnavailable as e:
-                raise ApiError("ResourceNotFoundException", e.message) from None
-            except RequestError as e:
-                raise validation(e.message) from None
+            except AfinarError as e:
+                raise aws_error(e) from None
             return req.result(timeout=600).text
 
         res = answer(self.kbs, kc["knowledgeBaseId"], p["input"]["text"], generate,

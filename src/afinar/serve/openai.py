@@ -23,13 +23,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from afinar import jsonutil
 from afinar.data.chat import request_conversation
 from afinar.data.tools import CallStream
+from afinar.errors import AfinarError
 from afinar.inference.requests import (
-    BackendUnavailable,
     GenRequest,
-    ModelUnavailable,
-    Overloaded,
-    RequestError,
 )
+from afinar.serve import errors
 from afinar.serve.threads import inference, inference_iter
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
@@ -309,22 +307,12 @@ def router(get_engine, list_models, get_embedder, aliases: dict | None = None) -
                 seed = kw.get("seed")
                 one = kw | ({"seed": seed + i} if seed is not None and i else {})
                 reqs.append(await inference(engine.submit, GenRequest(model=model, **one)))
-        except Overloaded as e:
+        except AfinarError as e:
             for q in reqs:
                 q.cancelled.set()
-            raise BadRequest(e.message, status=429, code="rate_limit_exceeded") from None
-        except ModelUnavailable as e:
-            for q in reqs:
-                q.cancelled.set()
-            raise BadRequest(e.message, "model", 404, "model_not_found") from None
-        except BackendUnavailable as e:
-            for q in reqs:
-                q.cancelled.set()
-            raise BadRequest(e.message, status=503, code="backend_unavailable") from None
-        except RequestError as e:
-            for q in reqs:
-                q.cancelled.set()
-            raise BadRequest(e.message) from None
+            status, _, code = errors.lookup(e)
+            raise BadRequest(errors.message(e), "model" if status == 404 else None, status,
+                             None if code == "invalid_request_error" else code) from None
         return reqs
 
     async def _generate(request: Request, chat: bool):

@@ -22,15 +22,13 @@ from collections.abc import Iterator
 from afinar import jsonutil
 from afinar.data.chat import bedrock_tool_choice, request_conversation
 from afinar.data.tools import CallStream
+from afinar.errors import AfinarError
 from afinar.inference.requests import (
-    BackendUnavailable,
     GenRequest,
-    ModelUnavailable,
-    Overloaded,
-    RequestError,
 )
 from afinar.serve import eventstream, invoke_bodies
 from afinar.serve.awsproto import ApiError, validation
+from afinar.serve.errors import aws_error
 
 RUNTIME_OPERATIONS = ("Converse", "ConverseStream", "InvokeModel",
                       "InvokeModelWithResponseStream")
@@ -49,14 +47,8 @@ class Runtime:
         ident = self.resolve_model_id(model_id)
         try:
             return self.engine.submit(GenRequest(model=ident, **kw))
-        except Overloaded as e:
-            raise ApiError("ThrottlingException", e.message) from None
-        except ModelUnavailable as e:
-            raise ApiError("ResourceNotFoundException", e.message) from None
-        except BackendUnavailable as e:
-            raise ApiError("ServiceUnavailableException", e.message) from None
-        except RequestError as e:
-            raise validation(e.message) from None
+        except AfinarError as e:
+            raise aws_error(e) from None
 
     def _converse_request(self, p: dict) -> GenRequest:
         """Converse's request -> a submitted GenRequest (tools, toolResult turns, structured

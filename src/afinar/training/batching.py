@@ -1,10 +1,14 @@
 """Deterministic batch order and collation.
 
 Three ways to batch, all with no compute on padding or little of it:
-- "length": shuffle, cut into mega-batches of 50 batches, sort each by length, cut
-into batches, shuffle the batches. Padding stays small and the order depends only on (seed,
-epoch), which is what makes resuming exact: a resumed run rebuilds the epoch's order and skips
-the batches already done.
+- "length": shuffle, cut into mega-batches of 50 batches, sort each by length bucket
+  (LENGTH_BUCKET tokens; a stable sort, so examples within a bucket stay shuffled), cut into
+  batches, shuffle the batches. Padding stays small (under a bucket per row) and the order
+  depends only on (seed, epoch), which is what makes resuming exact: a resumed run rebuilds the
+  epoch's order and skips the batches already done. Buckets, not exact lengths: where classes
+  differ by a token or two ("Weather in Paris?" / "Time in Paris?"), an exact sort made every
+  batch one class, and a tiny model trained on such batches never learned the choice (it did
+  with shuffled batches).
 - "packed": shuffled batches whose examples are concatenated into one row (no padding at all),
   with position ids restarting at each example; transformers turns the restarts into a
   block-diagonal attention mask, so examples never attend to each other.
@@ -20,6 +24,7 @@ import torch
 from afinar.data.tokenize import IGNORE_INDEX, Encoded
 
 MEGABATCH = 50
+LENGTH_BUCKET = 16
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
@@ -31,7 +36,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
         batches = []
         step = batch_size * MEGABATCH
         for s in range(0, len(idx), step):
-            mega = sorted(idx[s:s + step], key=lambda i: -lengths[i])
+            mega = sorted(idx[s:s + step], key=lambda i: -(lengths[i] // LENGTH_BUCKET))
             batches += [mega[j:j + batch_size] for j in range(0, len(mega), batch_size)]
         rng.shuffle(batches)
     else:

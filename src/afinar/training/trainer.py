@@ -27,13 +27,13 @@ from afinar.errors import CheckpointError, TrainingError
 from afinar.models.loading import load_causal_lm, load_tokenizer
 from afinar.models.registry import ResolvedModel, resolve_model
 from afinar.progress import ProgressCallback, ProgressEvent, null_progress
+from afinar.runtime import choose_device, choose_dtype, set_threads
 from afinar.training import checkpoint as ckpt
 from afinar.training.batching import collate, collate_packed, epoch_batches
 from afinar.training.config import TrainConfig
 from afinar.training.data import PreparedData, prepare
 from afinar.training.loss import SelectiveLMLoss
 from afinar.training.metrics import MetricsWriter, perplexity
-from afinar.training.runtime import choose_device, choose_dtype, set_threads
 
 
 @dataclass
@@ -418,7 +418,7 @@ class Trainer:
     def classification_report(self) -> dict:
         """Accuracy, macro-F1 and the confusion matrix on the validation set (every process
         computes it: under FSDP a forward needs them all)."""
-        from afinar.training.classify import classification_metrics
+        from afinar.eval.classification import classification_metrics
 
         model = self.accel.unwrap_model(self.loss_mod).model
         model.eval()

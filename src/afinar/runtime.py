@@ -1,4 +1,4 @@
-"""Device, precision and thread choices for training and inference."""
+"""Device, precision and thread choices, shared by training and inference (below both)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Bedrock's control-plane operations over afinar's jobs and models.
+"""The customization-job service: Bedrock's control-plane operations over afinar's jobs and
+models, with their rules (idempotency by client token, name conflicts, the queue quota, deletes).
+The HTTP layer only translates: requests arrive as botocore shapes' dicts, errors leave as typed
+errors (afinar/errors.py) that serve/errors.py maps to Bedrock's exceptions.
 
 A job's life: created InProgress with every phase NotStarted, queued; a worker subprocess runs
 validation -> data processing -> training and writes its progress to the store; it ends
@@ -10,19 +13,20 @@ dicts of botocore's shapes.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 
 from sqlalchemy import and_, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from afinar import db
 from afinar.config import Settings
-from afinar.errors import AfinarError
-from afinar.jobs import store as db
+from afinar.errors import AfinarError, Conflict, InvalidRequest, NotFound, QuotaExceeded
 from afinar.jobs.arns import Arns, short_id, slug
 from afinar.jobs.scheduler import MAX_QUEUED, Scheduler
 from afinar.jobs.states import ACTIVE, PHASES
-from afinar.jobs.store import add_event, finish, set_fields
+from afinar.jobs.store import add_event, finish, reopen, set_fields
 from afinar.models.registry import (
     BUILTIN_MODELS,
     NAME_RULE,
@@ -30,7 +34,6 @@ from afinar.models.registry import (
     list_custom_models,
     valid_name,
 )
-from afinar.serve.awsproto import ApiError, validation
 from afinar.storage import Storage, StorageError
 
 DEFAULT_PAGE = 100
@@ -80,13 +83,13 @@ class JobService:
         rec = self._custom_record(ident)
         if rec is not None:
             if rec.get("model_status", "Active") != "Active":
-                raise validation(f"baseModelIdentifier: custom model '{rec['name']}' is not "
+                raise InvalidRequest(f"baseModelIdentifier: custom model '{rec['name']}' is not "
                                  f"Active")
             return rec["name"], slug(rec.get("base_model_id") or rec["name"]), \
                 self._model_arn(rec), rec["name"]
         available = sorted(BUILTIN_MODELS) + sorted(self.settings.model_aliases) + [
             m["name"] for m in list_custom_models(self.settings)]
-        raise validation(f"baseModelIdentifier '{identifier}' is not a known model; available: "
+        raise InvalidRequest(f"baseModelIdentifier '{identifier}' is not a known model; available: "
                          f"{', '.join(available) or 'none'}. Map other ids to a local model "
                          f"in the [model_aliases] table of afinar.toml")
 
@@ -114,25 +117,25 @@ class JobService:
             if row is not None:
                 same = {k: v for k, v in row.request.items()} == req
                 if not same:
-                    raise ApiError("ConflictException", f"clientRequestToken '{token}' was "
+                    raise Conflict(f"clientRequestToken '{token}' was "
                                    f"already used by job '{row.name}' with different parameters")
                 return {"jobArn": row.arn}
         ctype = req.get("customizationType", "FINE_TUNING")
         if ctype not in SUPPORTED_TYPES:
-            raise validation(f"customizationType {ctype} is not supported; use one of "
+            raise InvalidRequest(f"customizationType {ctype} is not supported; use one of "
                              f"{', '.join(SUPPORTED_TYPES)}")
         unsupported = [k for k in ("vpcConfig", "customizationConfig", "customModelKmsKeyId")
                        if req.get(k)]
         if unsupported:
-            raise validation(f"{', '.join(unsupported)} not supported by afinar; remove it")
+            raise InvalidRequest(f"{', '.join(unsupported)} not supported by afinar; remove it")
         if req["trainingDataConfig"].get("invocationLogsConfig"):
-            raise validation("trainingDataConfig.invocationLogsConfig is not supported; "
+            raise InvalidRequest("trainingDataConfig.invocationLogsConfig is not supported; "
                              "give trainingDataConfig.s3Uri")
         if not req["trainingDataConfig"].get("s3Uri"):
-            raise validation("missing required field 'trainingDataConfig.s3Uri'")
+            raise InvalidRequest("missing required field 'trainingDataConfig.s3Uri'")
         validators = (req.get("validationDataConfig") or {}).get("validators") or []
         if len(validators) > 1:
-            raise validation("validationDataConfig.validators: afinar takes one validation "
+            raise InvalidRequest("validationDataConfig.validators: afinar takes one validation "
                              "file")
         try:
             self.storage.locate(req["trainingDataConfig"]["s3Uri"], "trainingDataConfig.s3Uri")
@@ -140,25 +143,24 @@ class JobService:
                 self.storage.locate(v["s3Uri"], f"validationDataConfig.validators[{i}].s3Uri")
             self.storage.locate(req["outputDataConfig"]["s3Uri"], "outputDataConfig.s3Uri")
         except StorageError as e:
-            raise validation(str(e)) from None
+            raise InvalidRequest(str(e)) from None
         self._check_hyperparameters(req.get("hyperParameters") or {}, ctype)
         target, base_id, base_arn, _ = self.resolve_base(req["baseModelIdentifier"])
         name, model_name = req["jobName"], req["customModelName"]
         if not valid_name(model_name):
-            raise validation(f"customModelName '{model_name[:80]}' must be {NAME_RULE}")
+            raise InvalidRequest(f"customModelName '{model_name[:80]}' must be {NAME_RULE}")
         if custom_model_record(self.settings, model_name) is not None:
-            raise ApiError("ConflictException", f"a custom model named '{model_name}' already "
+            raise Conflict(f"a custom model named '{model_name}' already "
                            f"exists; choose another customModelName or delete it first")
         with self.engine.connect() as c:
             busy = c.execute(select(db.jobs.c.name).where(and_(
                 db.jobs.c.output_model_name == model_name,
                 db.jobs.c.status.in_(ACTIVE)))).first()
         if busy:
-            raise ApiError("ConflictException", f"job '{busy.name}' is already creating custom "
+            raise Conflict(f"job '{busy.name}' is already creating custom "
                            f"model '{model_name}'")
         if self.scheduler and self.scheduler.queued() >= MAX_QUEUED:
-            raise ApiError("ServiceQuotaExceededException",
-                           f"{MAX_QUEUED} jobs are already queued; wait for some to finish")
+            raise QuotaExceeded(f"{MAX_QUEUED} jobs are already queued; wait for some to finish")
         job_id = short_id()
         now = db.now()
         details = {p: {"status": "NotStarted", "creationTime": now.isoformat(),
@@ -171,7 +173,7 @@ class JobService:
             with self.engine.begin() as c:
                 c.execute(insert(db.jobs).values(**row))
         except IntegrityError:
-            raise ApiError("ConflictException", f"a job named '{name}' already exists; job "
+            raise Conflict(f"a job named '{name}' already exists; job "
                            f"names are unique") from None
         add_event(self.engine, job_id, f"job created: {ctype} of {target} -> {model_name}")
         if self.scheduler:
@@ -188,10 +190,10 @@ class JobService:
             values.update(train_data="x.jsonl", base_model="x")
             cfg = parse_train_config(values, source="hyperParameters")
             if (cfg.type == "cpt") != cpt:
-                raise validation(f"hyperParameters.type {cfg.type} does not fit "
+                raise InvalidRequest(f"hyperParameters.type {cfg.type} does not fit "
                                  f"customizationType {ctype}")
         except AfinarError as e:
-            raise validation(str(e).replace("\n  hint: ", ". ")) from None
+            raise InvalidRequest(str(e).replace("\n  hint: ", ". ")) from None
 
     # -- Get / List / Stop ---------------------------------------------------------------
     def _job_row(self, ident: str):
@@ -201,8 +203,7 @@ class JobService:
             if row is None and not ident.startswith("arn:"):
                 row = c.execute(select(db.jobs).where(db.jobs.c.id == ident)).first()
         if row is None:
-            raise ApiError("ResourceNotFoundException",
-                           f"no model customization job '{ident}'; list them with "
+            raise NotFound(f"no model customization job '{ident}'; list them with "
                            f"ListModelCustomizationJobs")
         return row
 
@@ -263,20 +264,20 @@ class JobService:
         """A Failed or Stopped job queued again; the worker resumes from its last checkpoint."""
         r = self._job_row(ident)
         if r.status not in ("Failed", "Stopped"):
-            raise ApiError("ValidationException", f"job '{r.name}' is {r.status}; only Failed "
+            raise InvalidRequest(f"job '{r.name}' is {r.status}; only Failed "
                            f"or Stopped jobs can be resumed")
         if custom_model_record(self.settings, r.output_model_name) is not None:
-            raise ApiError("ConflictException", f"custom model '{r.output_model_name}' exists "
+            raise Conflict(f"custom model '{r.output_model_name}' exists "
                            f"now; delete it before resuming job '{r.name}'")
         with self.engine.connect() as c:
             busy = c.execute(select(db.jobs.c.name).where(and_(
                 db.jobs.c.output_model_name == r.output_model_name,
                 db.jobs.c.status.in_(ACTIVE)))).first()
         if busy:
-            raise ApiError("ConflictException", f"job '{busy.name}' is already creating custom "
+            raise Conflict(f"job '{busy.name}' is already creating custom "
                            f"model '{r.output_model_name}'")
         ckpts = sorted((self.settings.jobs_dir / r.id / "run" / "checkpoints").glob("step-*"))
-        db.reopen(self.engine, r.id, f"resume requested: from {ckpts[-1].name}" if ckpts
+        reopen(self.engine, r.id, f"resume requested: from {ckpts[-1].name}" if ckpts
                   else "resume requested: no checkpoint was kept, so training starts over")
         if self.scheduler:
             self.scheduler.enqueue(r.id)
@@ -286,7 +287,7 @@ class JobService:
     def stop_job(self, ident: str) -> dict:
         r = self._job_row(ident)
         if r.status not in ACTIVE:
-            raise ApiError("ValidationException", f"job '{r.name}' is {r.status}; only "
+            raise InvalidRequest(f"job '{r.name}' is {r.status}; only "
                            f"InProgress jobs can be stopped")
         if r.status == "Stopping":
             return {}
@@ -312,8 +313,7 @@ class JobService:
     def _custom_or_404(self, ident: str) -> dict:
         rec = self._custom_record(ident)
         if rec is None:
-            raise ApiError("ResourceNotFoundException",
-                           f"no custom model '{ident}'; list them with ListCustomModels")
+            raise NotFound(f"no custom model '{ident}'; list them with ListCustomModels")
         return rec
 
     def _model_summary(self, rec: dict) -> dict:
@@ -355,12 +355,11 @@ class JobService:
             recs = [r for r in recs if r["baseModelArn"] == p["foundationModelArnEquals"]]
         if p.get("modelStatus"):
             recs = [r for r in recs if r["modelStatus"] == p["modelStatus"]]
-        from afinar.serve.awsproto import parse_timestamp
         if p.get("creationTimeAfter"):
-            recs = [r for r in recs if parse_timestamp(r["creationTime"]) > p["creationTimeAfter"]]
+            recs = [r for r in recs if _when(r["creationTime"]) > p["creationTimeAfter"]]
         if p.get("creationTimeBefore"):
             recs = [r for r in recs
-                    if parse_timestamp(r["creationTime"]) < p["creationTimeBefore"]]
+                    if _when(r["creationTime"]) < p["creationTimeBefore"]]
         recs.sort(key=lambda r: (r["creationTime"] or "", r["modelName"]),
                   reverse=p.get("sortOrder") != "Ascending")
         limit = p.get("maxResults") or DEFAULT_PAGE
@@ -376,7 +375,7 @@ class JobService:
             using = c.execute(select(db.jobs.c.name).where(and_(
                 db.jobs.c.base_model == rec["name"], db.jobs.c.status.in_(ACTIVE)))).first()
         if using:
-            raise ApiError("ConflictException", f"custom model '{rec['name']}' is the base of "
+            raise Conflict(f"custom model '{rec['name']}' is the base of "
                            f"running job '{using.name}'; stop it first")
         (self.settings.custom_models_dir / f"{rec['name']}.json").unlink(missing_ok=True)
         return {}
@@ -389,7 +388,7 @@ class JobService:
         if ident.startswith("arn:") and ":custom-model/" in ident:
             rec = self._custom_record(ident)
             if rec is None:
-                raise ApiError("ResourceNotFoundException", f"no custom model '{ident}'")
+                raise NotFound(f"no custom model '{ident}'")
             return rec["name"]
         if ident.startswith("arn:") and ":foundation-model/" in ident:
             ident = _tail(ident)
@@ -444,9 +443,14 @@ class JobService:
         mid = bedrock_id(registry_id(mid)) if registry_id(mid) else mid
         found = self._foundations()
         if mid not in found:
-            raise ApiError("ResourceNotFoundException",
-                           f"no foundation model '{ident}'; available: {', '.join(found)}")
+            raise NotFound(f"no foundation model '{ident}'; available: {', '.join(found)}")
         return {"modelDetails": found[mid]}
+
+
+def _when(iso: str | None) -> dt.datetime:
+    """A record's ISO-8601 time, timezone-aware (UTC when it says none)."""
+    d = dt.datetime.fromisoformat(str(iso or "1970-01-01").replace("Z", "+00:00"))
+    return d if d.tzinfo else d.replace(tzinfo=dt.UTC)
 
 
 def _encode_token(offset: int) -> str:
@@ -462,4 +466,4 @@ def _decode_token(token: str | None) -> int:
             return o
     except (ValueError, KeyError, TypeError):
         pass
-    raise validation("nextToken is not a token this server returned")
+    raise InvalidRequest("nextToken is not a token this server returned")
