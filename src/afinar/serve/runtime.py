@@ -4,7 +4,7 @@ toolChoice auto/any/tool), toolUse / toolResult blocks and outputConfig.textForm
 schema, enforced by constrained decoding).
 
 InvokeModel's body is model-specific in Bedrock: ids of Anthropic, Titan, Llama and Nova models
-take their provider's native body (invoke_bodies.py); for any other id afinar's own body,
+take their provider's native body (inference/bodies.py); for any other id afinar's own body,
 documented here and in the README:
 request `{"prompt": str}` or `{"messages": [{"role", "content"}], "system": str}`, with
 `max_tokens`, `temperature`, `top_p`, `stop` (list); response `{"output": str, "stop_reason":
@@ -23,10 +23,11 @@ from afinar import jsonutil
 from afinar.data.chat import bedrock_tool_choice, request_conversation
 from afinar.data.tools import CallStream
 from afinar.errors import AfinarError
+from afinar.inference import bodies as invoke_bodies
 from afinar.inference.requests import (
     GenRequest,
 )
-from afinar.serve import eventstream, invoke_bodies
+from afinar.serve import eventstream
 from afinar.serve.awsproto import ApiError, validation
 from afinar.serve.errors import aws_error
 
@@ -133,43 +134,14 @@ class Runtime:
         if family == "titan-embed":
             raise validation("this is an embedding model: call InvokeModel (not the streaming "
                              "operation) with {\"inputText\"}")
-        if family != "afinar":
-            return family, self._submit(p["modelId"], **invoke_bodies.request(family, body))
-        known = {"prompt", "messages", "system", "max_tokens", "maxTokens", "temperature",
-                 "top_p", "topP", "stop"}
-        if unknown := sorted(set(body) - known):
-            raise validation(f"unknown body field(s) {unknown}; afinar takes "
-                             f"{sorted(known)}")
-        kw = {"max_tokens": body.get("max_tokens", body.get("maxTokens", DEFAULT_MAX_TOKENS)),
-              "temperature": body.get("temperature", 0.0),
-              "top_p": body.get("top_p", body.get("topP", 1.0)), "stop": body.get("stop") or []}
-        for k in ("max_tokens", "temperature", "top_p"):
-            if isinstance(kw[k], bool) or not isinstance(kw[k], int | float):
-                raise validation(f"body.{k} must be a number")
-        if "messages" in body:
-            msgs = list(body["messages"])
-            if body.get("system"):
-                msgs.insert(0, {"role": "system", "content": body["system"]})
-            if not all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                       and m.get("role") in ("system", "user", "assistant") for m in msgs):
-                raise validation("body.messages must be [{\"role\": user|assistant|system, "
-                                 "\"content\": str}]")
-            return family, self._submit(p["modelId"], messages=msgs, **kw)
-        if not isinstance(body.get("prompt"), str) or not body["prompt"]:
-            raise validation("body needs a non-empty 'prompt' string or 'messages'")
-        return family, self._submit(p["modelId"], messages=[
-            {"role": "user", "content": body["prompt"]}], **kw)
+        return family, self._submit(p["modelId"], **invoke_bodies.request(family, body))
 
     def invoke(self, p: dict) -> bytes:
         if invoke_bodies.provider(p["modelId"]) == "titan-embed":
             return json.dumps(self._titan_embed(_json_body(p))).encode()
         family, req = self._invoke_request(p)
         r = self._wait(req)
-        if family != "afinar":
-            return json.dumps(invoke_bodies.response(family, r, p["modelId"])).encode()
-        return json.dumps({"output": r.text, "stop_reason": r.stop_reason,
-                           "usage": {"input_tokens": r.input_tokens,
-                                     "output_tokens": r.output_tokens}}).encode()
+        return json.dumps(invoke_bodies.response(family, r, p["modelId"])).encode()
 
     def _titan_embed(self, body: dict) -> dict:
         """Titan embeddings' body, answered by the embedding model afinar serves (MiniLM)."""

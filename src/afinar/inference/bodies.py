@@ -2,7 +2,8 @@
 of the model's provider; applications (and langchain-aws' ChatBedrock / BedrockEmbeddings)
 send those. The provider is read from the model id the client sent — its prefix, so an alias
 such as `anthropic.claude-3-haiku-20240307-v1:0` mapped to a local model keeps Anthropic's
-body — and any other id takes afinar's own body (see runtime.py).
+body — and any other id takes afinar's own body (see serve/runtime.py). Batch inference jobs read the
+same bodies from their records (jobs/batch.py).
 
 | provider | request | response |
 |---|---|---|
@@ -20,8 +21,8 @@ import uuid
 from collections.abc import Iterator
 
 from afinar.data.chat import bedrock_tool_choice, request_conversation
+from afinar.errors import InvalidRequest
 from afinar.inference.requests import GenRequest
-from afinar.serve.awsproto import validation
 
 DEFAULT_MAX_TOKENS = 512
 ANTHROPIC_STOP = {"end_turn": "end_turn", "stop_sequence": "stop_sequence",
@@ -52,7 +53,7 @@ def provider(model_id: str) -> str:
 
 def _known(body: dict, allowed: set[str], family: str) -> None:
     if unknown := sorted(set(body) - allowed):
-        raise validation(f"unknown field(s) {unknown} in a {family} body; afinar takes "
+        raise InvalidRequest(f"unknown field(s) {unknown} in a {family} body; afinar takes "
                          f"{sorted(allowed)}")
 
 
@@ -60,29 +61,57 @@ def _num(v, name: str, default):
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, int | float):
-        raise validation(f"body.{name} must be a number")
+        raise InvalidRequest(f"body.{name} must be a number")
     return v
 
 
 def _raise_issues(issues) -> None:
     if issues:
-        raise validation(f"body.{issues[0].field}: {issues[0].message}")
+        raise InvalidRequest(f"body.{issues[0].field}: {issues[0].message}")
 
 
 # -- requests -----------------------------------------------------------------------------------
 def request(family: str, body: dict) -> dict:
     """A native body -> GenRequest fields."""
     return {"anthropic": _anthropic_request, "titan-text": _titan_request,
-            "llama": _llama_request, "nova": _nova_request}[family](body)
+            "llama": _llama_request, "nova": _nova_request,
+            "afinar": _afinar_request}[family](body)
+
+
+def _afinar_request(body: dict) -> dict:
+    """afinar's own body: {"prompt": str} or {"messages": [{"role", "content"}], "system"},
+    with max_tokens, temperature, top_p, stop."""
+    known = {"prompt", "messages", "system", "max_tokens", "maxTokens", "temperature",
+             "top_p", "topP", "stop"}
+    if unknown := sorted(set(body) - known):
+        raise InvalidRequest(f"unknown body field(s) {unknown}; afinar takes {sorted(known)}")
+    kw = {"max_tokens": body.get("max_tokens", body.get("maxTokens", DEFAULT_MAX_TOKENS)),
+          "temperature": body.get("temperature", 0.0),
+          "top_p": body.get("top_p", body.get("topP", 1.0)), "stop": body.get("stop") or []}
+    for k in ("max_tokens", "temperature", "top_p"):
+        if isinstance(kw[k], bool) or not isinstance(kw[k], int | float):
+            raise InvalidRequest(f"body.{k} must be a number")
+    if "messages" in body:
+        msgs = list(body["messages"])
+        if body.get("system"):
+            msgs.insert(0, {"role": "system", "content": body["system"]})
+        if not all(isinstance(m, dict) and isinstance(m.get("content"), str)
+                   and m.get("role") in ("system", "user", "assistant") for m in msgs):
+            raise InvalidRequest("body.messages must be [{\"role\": user|assistant|system, "
+                                 "\"content\": str}]")
+        return kw | {"messages": msgs}
+    if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+        raise InvalidRequest("body needs a non-empty 'prompt' string or 'messages'")
+    return kw | {"messages": [{"role": "user", "content": body["prompt"]}]}
 
 
 def _anthropic_request(b: dict) -> dict:
     _known(b, {"anthropic_version", "messages", "system", "max_tokens", "temperature", "top_p",
                "top_k", "stop_sequences", "tools", "tool_choice", "metadata"}, "Anthropic")
     if not isinstance(b.get("max_tokens"), int):
-        raise validation("body.max_tokens is required (an integer) in an Anthropic body")
+        raise InvalidRequest("body.max_tokens is required (an integer) in an Anthropic body")
     if b.get("top_k") not in (None, 0):
-        raise validation("body.top_k is not supported by afinar; use top_p")
+        raise InvalidRequest("body.top_k is not supported by afinar; use top_p")
     msgs: list[dict] = []
     system = b.get("system")
     if isinstance(system, list):
@@ -95,7 +124,7 @@ def _anthropic_request(b: dict) -> dict:
             msgs.append({"role": m.get("role"), "content": content})
             continue
         if not isinstance(content, list):
-            raise validation(f"body.messages[{i}].content must be a string or a list of blocks")
+            raise InvalidRequest(f"body.messages[{i}].content must be a string or a list of blocks")
         texts, calls = [], []
         for j, p in enumerate(content):
             kind = p.get("type") if isinstance(p, dict) else None
@@ -111,7 +140,7 @@ def _anthropic_request(b: dict) -> dict:
                 msgs.append({"role": "tool", "tool_call_id": p.get("tool_use_id"),
                              "content": c or ""})
             else:
-                raise validation(f"body.messages[{i}].content[{j}]: block type {kind!r} is not "
+                raise InvalidRequest(f"body.messages[{i}].content[{j}]: block type {kind!r} is not "
                                  f"supported (text, tool_use, tool_result)")
         if texts or calls:
             msgs.append({"role": m.get("role"), "content": "".join(texts) or None}
@@ -130,7 +159,7 @@ def _anthropic_request(b: dict) -> dict:
     tc = b.get("tool_choice") or {}
     kind = tc.get("type", "auto")
     if kind not in ("auto", "any", "tool", "none"):
-        raise validation("body.tool_choice.type must be auto, any, tool or none")
+        raise InvalidRequest("body.tool_choice.type must be auto, any, tool or none")
     kw["tool_choice"] = {"any": "required", "tool": {"name": tc.get("name")}}.get(kind, kind)
     if tc.get("disable_parallel_tool_use"):
         kw["parallel_tool_calls"] = False
@@ -140,7 +169,7 @@ def _anthropic_request(b: dict) -> dict:
 def _titan_request(b: dict) -> dict:
     _known(b, {"inputText", "textGenerationConfig"}, "Titan text")
     if not isinstance(b.get("inputText"), str) or not b["inputText"]:
-        raise validation("body.inputText must be a non-empty string")
+        raise InvalidRequest("body.inputText must be a non-empty string")
     c = b.get("textGenerationConfig") or {}
     return {"messages": [{"role": "user", "content": b["inputText"]}],
             "max_tokens": _num(c.get("maxTokenCount"), "maxTokenCount", DEFAULT_MAX_TOKENS),
@@ -151,9 +180,9 @@ def _titan_request(b: dict) -> dict:
 def _llama_request(b: dict) -> dict:
     _known(b, {"prompt", "max_gen_len", "temperature", "top_p", "images"}, "Llama")
     if b.get("images"):
-        raise validation("body.images is not supported by afinar")
+        raise InvalidRequest("body.images is not supported by afinar")
     if not isinstance(b.get("prompt"), str) or not b["prompt"]:
-        raise validation("body.prompt must be a non-empty string")
+        raise InvalidRequest("body.prompt must be a non-empty string")
     # Llama's prompt arrives already formatted: it is completed as it is
     return {"prompt": b["prompt"],
             "max_tokens": _num(b.get("max_gen_len"), "max_gen_len", DEFAULT_MAX_TOKENS),
@@ -168,7 +197,7 @@ def _nova_request(b: dict) -> dict:
     _raise_issues(issues)
     c = b.get("inferenceConfig") or {}
     if c.get("topK") not in (None, 0) or c.get("top_k") not in (None, 0):
-        raise validation("body.inferenceConfig.topK is not supported by afinar; use topP")
+        raise InvalidRequest("body.inferenceConfig.topK is not supported by afinar; use topP")
     kw = {"messages": msgs, "tools": tools,
           "max_tokens": _num(c.get("maxTokens", c.get("max_new_tokens")), "maxTokens",
                              DEFAULT_MAX_TOKENS),
@@ -181,6 +210,9 @@ def _nova_request(b: dict) -> dict:
 
 # -- responses ----------------------------------------------------------------------------------
 def response(family: str, r: GenRequest, model_id: str) -> dict:
+    if family == "afinar":
+        return {"output": r.text, "stop_reason": r.stop_reason,
+                "usage": {"input_tokens": r.input_tokens, "output_tokens": r.output_tokens}}
     if family == "anthropic":
         content = ([{"type": "text", "text": r.text}] if r.text or not r.tool_calls else []) + [
             {"type": "tool_use", "id": c["id"], "name": c["name"], "input": c["arguments"]}
