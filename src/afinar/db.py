@@ -58,6 +58,9 @@ jobs = Table(
     Column("end_time", DateTime(timezone=True)),
     Column("worker_pid", Integer),
     Column("attempts", Integer, nullable=False, default=0),
+    # what the worker runs: "customization" (a model customization job) or "batch-inference"
+    # (a model invocation job)
+    Column("kind", String(32), nullable=False, server_default="customization", index=True),
 )
 
 events = Table(
@@ -149,10 +152,20 @@ def _m003_knowledge_bases(conn: Connection) -> None:
         t.create(conn, checkfirst=True)
 
 
+def _m004_job_kinds(conn: Connection) -> None:
+    from sqlalchemy import inspect
+
+    if "kind" not in {c["name"] for c in inspect(conn).get_columns("jobs")}:
+        conn.execute(text("ALTER TABLE jobs ADD COLUMN kind VARCHAR(32) NOT NULL "
+                          "DEFAULT 'customization'"))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_kind ON jobs (kind)"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _m001_initial),
     ("0002_jobs_status_created_index", _m002_list_index),
     ("0003_knowledge_bases", _m003_knowledge_bases),
+    ("0004_job_kinds", _m004_job_kinds),
 ]
 
 

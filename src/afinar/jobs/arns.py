@@ -30,6 +30,9 @@ class Arns:
         return (f"arn:aws:bedrock:{self.region}:{self.account}:model-customization-job/"
                 f"afinar.{slug(base_model_id)}/{job_id}")
 
+    def invocation_job(self, job_id: str) -> str:
+        return f"arn:aws:bedrock:{self.region}:{self.account}:model-invocation-job/{job_id}"
+
     def custom(self, base_model_id: str, model_id: str) -> str:
         return (f"arn:aws:bedrock:{self.region}:{self.account}:custom-model/"
                 f"afinar.{slug(base_model_id)}/{model_id}")

@@ -37,6 +37,7 @@ from afinar.models.registry import (
 from afinar.storage import Storage, StorageError
 
 DEFAULT_PAGE = 100
+CUSTOMIZATION = "customization"  # the jobs table's kind for model customization jobs
 SUPPORTED_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING")
 
 
@@ -67,6 +68,8 @@ class JobService:
         self.arns = Arns(settings)
         self.storage = Storage(settings)
         self.scheduler: Scheduler | None = None
+        from afinar.jobs.invocations import InvocationJobs
+        self.invocations = InvocationJobs(self)
 
     # -- model identifiers ---------------------------------------------------------------
     def resolve_base(self, identifier: str) -> tuple[str, str, str, str]:
@@ -113,7 +116,8 @@ class JobService:
         token = req.get("clientRequestToken")
         if token:
             with self.engine.connect() as c:
-                row = c.execute(select(db.jobs).where(db.jobs.c.client_token == token)).first()
+                row = c.execute(select(db.jobs).where(and_(
+                    db.jobs.c.client_token == token, db.jobs.c.kind == CUSTOMIZATION))).first()
             if row is not None:
                 same = {k: v for k, v in row.request.items()} == req
                 if not same:
@@ -198,10 +202,12 @@ class JobService:
     # -- Get / List / Stop ---------------------------------------------------------------
     def _job_row(self, ident: str):
         col = db.jobs.c.arn if ident.startswith("arn:") else db.jobs.c.name
+        kind = db.jobs.c.kind == CUSTOMIZATION
         with self.engine.connect() as c:
-            row = c.execute(select(db.jobs).where(col == ident)).first()
+            row = c.execute(select(db.jobs).where(and_(col == ident, kind))).first()
             if row is None and not ident.startswith("arn:"):
-                row = c.execute(select(db.jobs).where(db.jobs.c.id == ident)).first()
+                row = c.execute(select(db.jobs).where(and_(db.jobs.c.id == ident,
+                                                           kind))).first()
         if row is None:
             raise NotFound(f"no model customization job '{ident}'; list them with "
                            f"ListModelCustomizationJobs")
@@ -230,7 +236,7 @@ class JobService:
                    db.jobs.c.status_details, db.jobs.c.base_model_arn, db.jobs.c.created_at,
                    db.jobs.c.updated_at, db.jobs.c.end_time, db.jobs.c.output_model_arn,
                    db.jobs.c.output_model_name, db.jobs.c.customization_type)
-        conds = []
+        conds = [db.jobs.c.kind == CUSTOMIZATION]
         if p.get("statusEquals"):
             conds.append(db.jobs.c.status == p["statusEquals"])
         if p.get("nameContains"):
@@ -239,8 +245,7 @@ class JobService:
             conds.append(db.jobs.c.created_at > p["creationTimeAfter"])
         if p.get("creationTimeBefore"):
             conds.append(db.jobs.c.created_at < p["creationTimeBefore"])
-        if conds:
-            q = q.where(and_(*conds))
+        q = q.where(and_(*conds))
         asc = p.get("sortOrder") == "Ascending"
         order = (db.jobs.c.created_at.asc(), db.jobs.c.id.asc()) if asc else (
             db.jobs.c.created_at.desc(), db.jobs.c.id.desc())

@@ -1,6 +1,7 @@
 """One job, run in its own process: `python -m afinar.jobs.worker JOB_ID`.
 
-validation -> data processing -> training -> outputs, each phase recorded in the store. The job
+The job's kind decides what runs: a batch-inference job (jobs/batch.py), or a customization
+job: validation -> data processing -> training -> outputs, each phase recorded in the store. The job
 directory ($AFINAR_HOME/jobs/<id>) keeps the inputs, checkpoints, logs and the run; a restarted
 job resumes from its last checkpoint. SIGTERM (server shutdown) checkpoints and exits, leaving
 the job InProgress so the next server start resumes it.
@@ -50,10 +51,17 @@ def run(job_id: str, settings: Settings) -> int:
             add_event(engine, job_id, "server shutting down: checkpoint saved, the job resumes "
                       "when the server starts again", "WARN")
             return 0
-        finish(engine, job_id, "Stopped", note=f"checkpoints kept in {jobdir / 'run'}")
+        kept = jobdir / ("output" if row.kind == "batch-inference" else "run")
+        finish(engine, job_id, "Stopped", note=f"partial results kept in {kept}")
         return 0
 
     try:
+        if row.kind == "batch-inference":
+            from afinar.jobs.batch import run_batch
+            if run_batch(engine, row, settings, should_stop) == "Stopped":
+                return stopped()
+            finish(engine, job_id, "Completed", note="every record has its line in the output")
+            return 0
         # -- validation ----------------------------------------------------------------------
         set_phase(engine, job_id, "validationDetails", "InProgress")
         storage = Storage(settings)

@@ -48,6 +48,10 @@ BEDROCK_OPERATIONS = {
     "DeleteCustomModel": lambda s, p: s.delete_custom_model(p["modelIdentifier"]),
     "ListFoundationModels": lambda s, p: s.list_foundation_models(p),
     "GetFoundationModel": lambda s, p: s.get_foundation_model(p["modelIdentifier"]),
+    "CreateModelInvocationJob": lambda s, p: s.invocations.create(p),
+    "GetModelInvocationJob": lambda s, p: s.invocations.get(p["jobIdentifier"]),
+    "ListModelInvocationJobs": lambda s, p: s.invocations.list(p),
+    "StopModelInvocationJob": lambda s, p: s.invocations.stop(p["jobIdentifier"]),
 }
 
 

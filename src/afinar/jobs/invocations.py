@@ -1,0 +1,172 @@
+"""Bedrock's batch inference (model invocation jobs): Create, Get, List and Stop, as jobs of
+kind "batch-inference" in the same store, scheduler and worker as customization jobs (the
+worker runs jobs/batch.py). Methods take and return botocore shapes' dicts; errors are typed.
+
+Statuses: a job not yet picked up by a worker is Submitted; then InProgress; Completed,
+Failed, Stopping and Stopped as the store says. Record counts come from the worker's progress.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from afinar import db
+from afinar.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
+from afinar.jobs.arns import short_id
+from afinar.jobs.scheduler import MAX_QUEUED
+from afinar.jobs.states import ACTIVE
+from afinar.jobs.store import add_event, finish, set_fields
+from afinar.storage import StorageError
+
+KIND = "batch-inference"
+COUNTS = ("totalRecordCount", "processedRecordCount", "successRecordCount", "errorRecordCount")
+
+
+class InvocationJobs:
+    def __init__(self, service):
+        self.svc = service  # JobService: settings, store, storage, ARNs, scheduler, model ids
+
+    # -- Create ------------------------------------------------------------------------------
+    def create(self, req: dict) -> dict:
+        from afinar.inference import bodies
+        from afinar.models.registry import check_served
+
+        s, engine = self.svc, self.svc.engine
+        token = req.get("clientRequestToken")
+        if token:
+            with engine.connect() as c:
+                row = c.execute(select(db.jobs).where(and_(
+                    db.jobs.c.client_token == token, db.jobs.c.kind == KIND))).first()
+            if row is not None:
+                if row.request != req:
+                    raise Conflict(f"clientRequestToken '{token}' was already used by job "
+                                   f"'{row.name}' with different parameters")
+                return {"jobArn": row.arn}
+        for k in ("vpcConfig", "tags"):
+            if req.get(k):
+                raise InvalidRequest(f"{k} is not supported by afinar; remove it")
+        if req.get("modelInvocationType") not in (None, "InvokeModel"):
+            raise InvalidRequest("modelInvocationType: afinar runs InvokeModel bodies only")
+        hours = req.get("timeoutDurationInHours")
+        if hours is not None and not 24 <= hours <= 168:
+            raise InvalidRequest("timeoutDurationInHours must be between 24 and 168")
+        inp = req["inputDataConfig"].get("s3InputDataConfig") or {}
+        out = req["outputDataConfig"].get("s3OutputDataConfig") or {}
+        if not inp.get("s3Uri") or not out.get("s3Uri"):
+            raise InvalidRequest("inputDataConfig.s3InputDataConfig.s3Uri and "
+                                 "outputDataConfig.s3OutputDataConfig.s3Uri are required")
+        if inp.get("s3InputFormat", "JSONL") != "JSONL":
+            raise InvalidRequest("inputDataConfig.s3InputDataConfig.s3InputFormat must be "
+                                 "JSONL")
+        if not inp["s3Uri"].endswith(".jsonl"):
+            raise InvalidRequest("inputDataConfig.s3InputDataConfig.s3Uri: afinar takes one "
+                                 ".jsonl file (a prefix of several files is not supported); "
+                                 f"got '{inp['s3Uri'][:200]}'")
+        try:
+            s.storage.locate(inp["s3Uri"], "inputDataConfig.s3InputDataConfig.s3Uri")
+            s.storage.locate(out["s3Uri"], "outputDataConfig.s3OutputDataConfig.s3Uri")
+        except StorageError as e:
+            raise InvalidRequest(str(e)) from None
+        if bodies.provider(req["modelId"]) == "titan-embed":
+            raise InvalidRequest("modelId: batch inference runs generation models; embedding "
+                                 "models are not supported")
+        ident = s.serving_id(req["modelId"])
+        check_served(ident, s.settings)  # a model this server serves, or ModelNotFoundError
+        if s.scheduler and s.scheduler.queued() >= MAX_QUEUED:
+            raise QuotaExceeded(f"{MAX_QUEUED} jobs are already queued; wait for some to "
+                                f"finish")
+        job_id = short_id()
+        now = db.now()
+        row = dict(id=job_id, arn=s.arns.invocation_job(job_id), name=req["jobName"],
+                   client_token=token, status="InProgress", customization_type="",
+                   base_model=ident, base_model_arn=req["modelId"], output_model_name="",
+                   request=req, status_details={}, created_at=now, updated_at=now,
+                   attempts=0, kind=KIND)
+        try:
+            with engine.begin() as c:
+                c.execute(insert(db.jobs).values(**row))
+        except IntegrityError:
+            raise Conflict(f"a job named '{req['jobName']}' already exists; job names are "
+                           f"unique") from None
+        add_event(engine, job_id, f"batch inference job created: {req['modelId']} on "
+                  f"{inp['s3Uri']}")
+        if s.scheduler:
+            s.scheduler.enqueue(job_id)
+        return {"jobArn": row["arn"]}
+
+    # -- Get / List / Stop -------------------------------------------------------------------
+    def _row(self, ident: str):
+        col = db.jobs.c.arn if ident.startswith("arn:") else db.jobs.c.name
+        with self.svc.engine.connect() as c:
+            row = c.execute(select(db.jobs).where(and_(col == ident,
+                                                       db.jobs.c.kind == KIND))).first()
+            if row is None and not ident.startswith("arn:"):
+                row = c.execute(select(db.jobs).where(and_(
+                    db.jobs.c.id == ident, db.jobs.c.kind == KIND))).first()
+        if row is None:
+            raise NotFound(f"no model invocation job '{ident}'; list them with "
+                           f"ListModelInvocationJobs")
+        return row
+
+    @staticmethod
+    def _status(r) -> str:
+        if r.status == "InProgress" and r.worker_pid is None:
+            return "Submitted"
+        return r.status
+
+    def _shape(self, r) -> dict:
+        req = r.request
+        out = {"jobArn": r.arn, "jobName": r.name, "modelId": req["modelId"],
+               "clientRequestToken": r.client_token, "roleArn": req["roleArn"],
+               "status": self._status(r), "message": r.failure_message,
+               "submitTime": db.as_utc(r.created_at), "lastModifiedTime": db.as_utc(r.updated_at),
+               "endTime": db.as_utc(r.end_time), "inputDataConfig": req["inputDataConfig"],
+               "outputDataConfig": req["outputDataConfig"],
+               "timeoutDurationInHours": req.get("timeoutDurationInHours") or 168,
+               "modelInvocationType": "InvokeModel"}
+        out.update({k: r.status_details[k] for k in COUNTS if k in (r.status_details or {})})
+        return out
+
+    def get(self, ident: str) -> dict:
+        return self._shape(self._row(ident))
+
+    def list(self, p: dict) -> dict:
+        from afinar.jobs.service import DEFAULT_PAGE, _decode_token, _encode_token
+
+        conds = [db.jobs.c.kind == KIND]
+        if p.get("nameContains"):
+            conds.append(db.jobs.c.name.contains(p["nameContains"], autoescape=True))
+        if p.get("submitTimeAfter"):
+            conds.append(db.jobs.c.created_at > p["submitTimeAfter"])
+        if p.get("submitTimeBefore"):
+            conds.append(db.jobs.c.created_at < p["submitTimeBefore"])
+        asc = p.get("sortOrder") == "Ascending"
+        order = (db.jobs.c.created_at.asc(), db.jobs.c.id.asc()) if asc else (
+            db.jobs.c.created_at.desc(), db.jobs.c.id.desc())
+        with self.svc.engine.connect() as c:
+            rows = c.execute(select(db.jobs).where(and_(*conds)).order_by(*order)).all()
+        shapes = [self._shape(r) for r in rows]
+        if p.get("statusEquals"):
+            shapes = [x for x in shapes if x["status"] == p["statusEquals"]]
+        limit = p.get("maxResults") or DEFAULT_PAGE
+        off = _decode_token(p.get("nextToken"))
+        out = {"invocationJobSummaries": shapes[off:off + limit]}
+        if off + limit < len(shapes):
+            out["nextToken"] = _encode_token(off + limit)
+        return out
+
+    def stop(self, ident: str) -> dict:
+        r = self._row(ident)
+        if r.status not in ACTIVE:
+            raise InvalidRequest(f"job '{r.name}' is {r.status}; only Submitted or "
+                                 f"InProgress jobs can be stopped")
+        if r.status == "Stopping":
+            return {}
+        sched = self.svc.scheduler
+        if sched and r.worker_pid is None and sched.dequeue(r.id):
+            finish(self.svc.engine, r.id, "Stopped", note="stopped before it started")
+            return {}
+        set_fields(self.svc.engine, r.id, status="Stopping")
+        add_event(self.svc.engine, r.id, "stop requested")
+        return {}
