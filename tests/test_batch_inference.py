@@ -9,6 +9,7 @@ import time
 
 import pytest
 from botocore.exceptions import ClientError
+
 from servers import CLAUDE, ROLE, Server
 
 
