@@ -88,7 +88,7 @@ def test_cli_catalog(capsys):
     assert [r["name"] for r in json.loads(capsys.readouterr().out)] == sorted(RECIPES)
     assert main(["catalog", "show", "faq-assistant"]) == 0
     assert "sample: faq" in capsys.readouterr().out
-    assert main(["catalog", "show", "nope"]) == 2
+    assert main(["catalog", "show", "nope"]) == 3  # NotFound: 3, as for a missing knowledge base
     assert "no recipe 'nope'" in capsys.readouterr().err
 
 
