@@ -125,3 +125,26 @@ def test_a_queued_job_is_stopped_before_it_starts(tmp_path, tiny_model_dir):
         assert _wait(client, first["jobArn"])["status"] in ("Stopped", "Completed")
     finally:
         s.kill()
+
+
+def test_job_limits_hold_a_kind_to_its_limit(tmp_path, tiny_model_dir):
+    """max_concurrent_jobs = 2 but batch-inference limited to 1: the second batch job starts
+    only after the first has ended."""
+    s = Server(tmp_path / "home", tiny_model_dir, extra_toml=(
+        "max_concurrent_jobs = 2\n[job_limits]\nbatch-inference = 1\n")).start()
+    try:
+        client = s.client()
+        cfg = dict(roleArn=ROLE, modelId=CLAUDE,
+                   outputDataConfig={"s3OutputDataConfig": {"s3Uri": "s3://mi-bucket/o/"}})
+        arns = [client.create_model_invocation_job(jobName=f"b{i}", inputDataConfig={
+            "s3InputDataConfig": {"s3Uri": s.put(f"in{i}.jsonl", _records(3))}},
+            **cfg)["jobArn"] for i in range(2)]
+        for arn in arns:
+            assert _wait(client, arn)["status"] == "Completed"
+        ids = [a.rsplit("/", 1)[-1] for a in arns]
+        first_end = max(e["id"] for e in s.events(ids[0]) if e["message"].startswith("job completed"))
+        second_start = min(e["id"] for e in s.events(ids[1])
+                           if e["message"].startswith("worker started"))
+        assert second_start > first_end, (s.events(ids[0]), s.events(ids[1]))
+    finally:
+        s.kill()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -38,6 +38,9 @@ class Settings(BaseModel):
                                description="Largest upload or data check body (MB).")
     port: int = Field(8080, ge=1, le=65535, description="Port the server binds.")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs that may run at once.")
+    job_limits: dict[Literal["customization", "batch-inference"], Annotated[int, Field(ge=1)]] = \
+        Field(default_factory=dict, description="Jobs of one kind that may run at once, within "
+              "max_concurrent_jobs (e.g. {customization = 1, batch-inference = 2}).")
     serve_max_batch: int = Field(32, ge=1, le=256, description="Requests generated together "
                                  "in one batch by the serving engine.")
     serve_max_queue: int = Field(256, ge=1, description="Requests that may wait for the engine; "

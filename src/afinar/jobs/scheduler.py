@@ -1,5 +1,6 @@
 """The local executor: a bounded FIFO of job ids and at most `max_concurrent_jobs` worker
-subprocesses (`python -m afinar.jobs.worker JOB_ID`), with recovery after a crash."""
+subprocesses (`python -m afinar.jobs.worker JOB_ID`), at most `job_limits[kind]` of one kind,
+with recovery after a crash."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Scheduler:
         self.settings, self.engine = settings, engine
         self.queue: collections.deque[str] = collections.deque()
         self.running: dict[str, subprocess.Popen] = {}
+        self.kinds: dict[str, str] = {}  # job id -> its kind (looked up once)
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopped = threading.Event()
@@ -105,10 +107,30 @@ class Scheduler:
         while not self.stopped.is_set():
             self._reap()
             with self.lock:
-                while self.queue and len(self.running) < self.settings.max_concurrent_jobs:
-                    self._launch(self.queue.popleft())
+                while len(self.running) < self.settings.max_concurrent_jobs:
+                    job_id = self._next()
+                    if job_id is None:
+                        break
+                    self._launch(job_id)
             self.wake.wait(0.5)
             self.wake.clear()
+
+    def _kind(self, job_id: str) -> str:
+        if job_id not in self.kinds:
+            with self.engine.connect() as c:
+                self.kinds[job_id] = c.execute(select(db.jobs.c.kind).where(
+                    db.jobs.c.id == job_id)).scalar() or "customization"
+        return self.kinds[job_id]
+
+    def _next(self) -> str | None:
+        """The oldest queued job whose kind is under its limit (others keep their place)."""
+        running = collections.Counter(self._kind(j) for j in self.running)
+        for job_id in self.queue:
+            limit = self.settings.job_limits.get(self._kind(job_id))
+            if limit is None or running[self._kind(job_id)] < limit:
+                self.queue.remove(job_id)
+                return job_id
+        return None
 
     def _launch(self, job_id: str) -> None:
         status = job_status(self.engine, job_id)
@@ -138,6 +160,7 @@ class Scheduler:
             if rc is None:
                 continue
             del self.running[job_id]
+            self.kinds.pop(job_id, None)
             status = job_status(self.engine, job_id)
             if status not in ACTIVE:
                 continue  # the worker recorded its own end

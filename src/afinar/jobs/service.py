@@ -305,7 +305,11 @@ class JobService:
         return {}
 
     def job_events(self, ident: str, after: int = 0, limit: int = 500) -> dict:
-        r = self._job_row(ident)
+        """The events of a job of any kind (by id, name or ARN)."""
+        try:
+            r = self._job_row(ident)
+        except NotFound:
+            r = self.invocations._row(ident)
         with self.engine.connect() as c:
             rows = c.execute(select(db.events).where(and_(
                 db.events.c.job_id == r.id, db.events.c.id > after)).order_by(
