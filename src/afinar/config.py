@@ -38,6 +38,14 @@ class Settings(BaseModel):
                                description="Largest upload or data check body (MB).")
     port: int = Field(8080, ge=1, le=65535, description="Port the server binds.")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs that may run at once.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where job workers run: local subprocesses, or a Ray cluster "
+        "(ray_address) through Ray's job submission API.")
+    ray_address: str = Field("http://127.0.0.1:8265", description="The Ray cluster's "
+                             "dashboard address (executor = \"ray\").")
+    ray_python: str | None = Field(None, description="The Python interpreter, with afinar "
+                                   "installed, that runs workers on the Ray nodes (default: "
+                                   "the server's own).")
     job_limits: dict[Literal["customization", "batch-inference"], Annotated[int, Field(ge=1)]] = \
         Field(default_factory=dict, description="Jobs of one kind that may run at once, within "
               "max_concurrent_jobs (e.g. {customization = 1, batch-inference = 2}).")

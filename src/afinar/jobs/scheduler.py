@@ -1,14 +1,12 @@
-"""The local executor: a bounded FIFO of job ids and at most `max_concurrent_jobs` worker
-subprocesses (`python -m afinar.jobs.worker JOB_ID`), at most `job_limits[kind]` of one kind,
-with recovery after a crash."""
+"""The scheduler: a bounded FIFO of job ids, at most `max_concurrent_jobs` workers
+(`python -m afinar.jobs.worker JOB_ID`) and at most `job_limits[kind]` of one kind, run by an
+executor (jobs/executors.py: local subprocesses or a Ray cluster), with recovery after a
+crash."""
 
 from __future__ import annotations
 
 import collections
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,26 +22,20 @@ from afinar.jobs.store import add_event, finish, job_status, set_fields
 MAX_QUEUED = 1000
 MAX_ATTEMPTS = 3
 
-def _pdeathsig():  # runs in the child before exec: die with the server
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class Scheduler:
-    """A bounded FIFO of job ids and at most `max_concurrent_jobs` worker subprocesses.
+    """A bounded FIFO of job ids and at most `max_concurrent_jobs` workers.
 
-    Workers die with the server (PR_SET_PDEATHSIG), so after a crash nothing runs unowned; on
-    start, jobs a crash left InProgress go back in the queue and resume from their last
+    On start, workers still running for this store (a Ray job that outlived the server) are
+    adopted; other jobs a crash left InProgress go back in the queue and resume from their last
     checkpoint (up to MAX_ATTEMPTS starts), jobs left Stopping end Stopped.
     """
 
     def __init__(self, settings: Settings, engine: Engine):
         self.settings, self.engine = settings, engine
         self.queue: collections.deque[str] = collections.deque()
-        self.running: dict[str, subprocess.Popen] = {}
+        from afinar.jobs.executors import make_executor
+        self.executor = make_executor(settings)
+        self.running: dict = {}  # job id -> the executor's handle (poll, terminate, pid)
         self.kinds: dict[str, str] = {}  # job id -> its kind (looked up once)
         self.lock = threading.Lock()
         self.wake = threading.Event()
@@ -57,15 +49,11 @@ class Scheduler:
     def shutdown(self) -> None:
         self.stopped.set()
         self.wake.set()
-        for p in list(self.running.values()):
-            if p.poll() is None:  # let the worker checkpoint; it resumes on the next start
-                p.send_signal(signal.SIGTERM)
+        for h in list(self.running.values()):
+            h.terminate()  # a local worker checkpoints and resumes on the next start
         deadline = time.time() + 30
-        for p in list(self.running.values()):
-            try:
-                p.wait(max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for h in list(self.running.values()):
+            h.wait(max(0.1, deadline - time.time()))
 
     def queued(self) -> int:
         return len(self.queue)
@@ -87,8 +75,12 @@ class Scheduler:
             rows = c.execute(select(db.jobs).where(db.jobs.c.status.in_(ACTIVE)).order_by(
                 db.jobs.c.created_at)).all()
         for r in rows:
-            if r.worker_pid and _alive(r.worker_pid, r.id):
-                continue  # should not happen (workers die with the server); leave it be
+            handle = self.executor.adopt(r.id, r.attempts, r.worker_pid)
+            if handle is not None:  # still running (on Ray): watched, not started again
+                self.running[r.id] = handle
+                add_event(self.engine, r.id, "the server restarted; its worker still runs "
+                          "and is watched again")
+                continue
             if r.status == "Stopping":
                 finish(self.engine, r.id, "Stopped", note="the server restarted while stopping;"
                        " checkpoints kept")
@@ -140,17 +132,22 @@ class Scheduler:
             return
         d = self.settings.jobs_dir / job_id
         d.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, AFINAR_WORKER_SETTINGS=self.settings.model_dump_json())
-        log = open(d / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-        p = subprocess.Popen([sys.executable, "-m", "afinar.jobs.worker", job_id], env=env,
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             preexec_fn=_pdeathsig if sys.platform == "linux" else None)
-        log.close()
-        self.running[job_id] = p
+        with self.engine.connect() as c:
+            attempt = (c.execute(select(db.jobs.c.attempts).where(
+                db.jobs.c.id == job_id)).scalar() or 0) + 1
+        env = {"AFINAR_WORKER_SETTINGS": self.settings.model_dump_json()}
+        try:
+            h = self.executor.launch(job_id, attempt, env)
+        except Exception as e:  # the cluster refused it, or is gone
+            finish(self.engine, job_id, "Failed", failure=f"the {self.executor.name} executor "
+                   f"could not start the worker: {type(e).__name__}: {e}")
+            return
+        self.running[job_id] = h
         with self.engine.begin() as c:
             c.execute(update(db.jobs).where(db.jobs.c.id == job_id).values(
-                worker_pid=p.pid, attempts=db.jobs.c.attempts + 1, updated_at=db.now()))
-        add_event(self.engine, job_id, f"worker started (pid {p.pid})")
+                worker_pid=h.pid, attempts=attempt, updated_at=db.now()))
+        where = f"pid {h.pid}" if h.pid and h.pid > 0 else f"on Ray as {h.sid}"
+        add_event(self.engine, job_id, f"worker started ({where})")
 
     def _reap(self) -> None:
         if self.stopped.is_set():
@@ -175,14 +172,6 @@ class Scheduler:
                    failure=None if end == "Stopped" else
                    f"{why}. Checkpoints and logs are kept in {log.parent}" +
                    (f"; last log lines: {tail}" if tail else ""))
-
-
-def _alive(pid: int, job_id: str) -> bool:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return job_id.encode() in cmd
 
 
 def _tail_lines(p: Path, n: int) -> str:
