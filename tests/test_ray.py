@@ -124,3 +124,31 @@ def test_restarted_server_adopts_a_running_ray_job(tmp_path, tiny_model_dir, ray
         assert any("still runs" in e["message"] for e in s.events(job_id))
     finally:
         s.kill()
+
+
+def test_a_killed_ray_worker_fails_its_job_with_the_reason(tmp_path, tiny_model_dir, ray_head):
+    s = _server(tmp_path / "home", tiny_model_dir, ray_head).start()
+    try:
+        bedrock = s.client()
+        train = s.put("ft/train.jsonl", mapping_rows(128))
+        arn = _create(bedrock, "ray-killed", "ray-killed-model", train,
+                      hp={"epochCount": "5", "batchSize": "1", "learningRate": "0.01"})
+        job_id = arn.rsplit("/", 1)[-1]
+        wait_job(bedrock, arn, cond=lambda j: j["statusDetails"]["trainingDetails"]["status"]
+                 == "InProgress", timeout=600)
+        pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _cmdline(p).endswith(f"afinar.jobs.worker {job_id}")]
+        assert pids, "the worker process was not found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        j = wait_job(bedrock, arn, timeout=300)
+        assert j["status"] == "Failed" and "worker" in j["failureMessage"], j
+    finally:
+        s.kill()
+
+
+def _cmdline(p: Path) -> str:
+    try:
+        return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""

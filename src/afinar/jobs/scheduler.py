@@ -21,6 +21,7 @@ from afinar.jobs.store import add_event, finish, job_status, set_fields
 
 MAX_QUEUED = 1000
 MAX_ATTEMPTS = 3
+STOP_GRACE_S = 120
 
 class Scheduler:
     """A bounded FIFO of job ids and at most `max_concurrent_jobs` workers.
@@ -37,6 +38,8 @@ class Scheduler:
         self.executor = make_executor(settings)
         self.running: dict = {}  # job id -> the executor's handle (poll, terminate, pid)
         self.kinds: dict[str, str] = {}  # job id -> its kind (looked up once)
+        self.stopping_since: dict[str, float] = {}
+        self.forced: set[str] = set()
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopped = threading.Event()
@@ -107,6 +110,19 @@ class Scheduler:
             self.wake.wait(0.5)
             self.wake.clear()
 
+    def _enforce_stop(self, job_id: str, handle) -> None:
+        """A worker that has not honoured a stop within STOP_GRACE_S (it checkpoints and exits
+        when it sees Stopping) is ended by its executor: SIGTERM locally, Ray's stop on Ray."""
+        if job_status(self.engine, job_id) != "Stopping":
+            self.stopping_since.pop(job_id, None)
+            return
+        since = self.stopping_since.setdefault(job_id, time.time())
+        if time.time() - since > STOP_GRACE_S and job_id not in self.forced:
+            self.forced.add(job_id)
+            add_event(self.engine, job_id, f"the worker did not stop within {STOP_GRACE_S} s; "
+                      f"ending it", "WARN")
+            (getattr(handle, "stop", None) or handle.terminate)()
+
     def _kind(self, job_id: str) -> str:
         if job_id not in self.kinds:
             with self.engine.connect() as c:
@@ -155,8 +171,10 @@ class Scheduler:
         for job_id, p in list(self.running.items()):
             rc = p.poll()
             if rc is None:
+                self._enforce_stop(job_id, p)
                 continue
             del self.running[job_id]
+            self.stopping_since.pop(job_id, None)
             self.kinds.pop(job_id, None)
             status = job_status(self.engine, job_id)
             if status not in ACTIVE:
@@ -167,7 +185,7 @@ class Scheduler:
                 why = f"the worker process exited with code {rc} without finishing"
             log = self.settings.jobs_dir / job_id / "worker.log"
             tail = _tail_lines(log, 5)
-            end = "Stopped" if status == "Stopping" and rc == 0 else "Failed"
+            end = "Stopped" if status == "Stopping" else "Failed"  # a stop asked for ends Stopped
             finish(self.engine, job_id, end,
                    failure=None if end == "Stopped" else
                    f"{why}. Checkpoints and logs are kept in {log.parent}" +
