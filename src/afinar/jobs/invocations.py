@@ -15,8 +15,7 @@ from afinar import db
 from afinar.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from afinar.jobs.arns import short_id
 from afinar.jobs.scheduler import MAX_QUEUED
-from afinar.jobs.states import ACTIVE
-from afinar.jobs.store import add_event, finish, set_fields
+from afinar.jobs.store import add_event
 from afinar.storage import StorageError
 
 KIND = "batch-inference"
@@ -132,7 +131,7 @@ class InvocationJobs:
         return self._shape(self._row(ident))
 
     def list(self, p: dict) -> dict:
-        from afinar.jobs.service import DEFAULT_PAGE, _decode_token, _encode_token
+        from afinar.jobs.service import page
 
         conds = [db.jobs.c.kind == KIND]
         if p.get("nameContains"):
@@ -149,24 +148,7 @@ class InvocationJobs:
         shapes = [self._shape(r) for r in rows]
         if p.get("statusEquals"):
             shapes = [x for x in shapes if x["status"] == p["statusEquals"]]
-        limit = p.get("maxResults") or DEFAULT_PAGE
-        off = _decode_token(p.get("nextToken"))
-        out = {"invocationJobSummaries": shapes[off:off + limit]}
-        if off + limit < len(shapes):
-            out["nextToken"] = _encode_token(off + limit)
-        return out
+        return page(shapes, p, "invocationJobSummaries")
 
     def stop(self, ident: str) -> dict:
-        r = self._row(ident)
-        if r.status not in ACTIVE:
-            raise InvalidRequest(f"job '{r.name}' is {r.status}; only Submitted or "
-                                 f"InProgress jobs can be stopped")
-        if r.status == "Stopping":
-            return {}
-        sched = self.svc.scheduler
-        if sched and r.worker_pid is None and sched.dequeue(r.id):
-            finish(self.svc.engine, r.id, "Stopped", note="stopped before it started")
-            return {}
-        set_fields(self.svc.engine, r.id, status="Stopping")
-        add_event(self.svc.engine, r.id, "stop requested")
-        return {}
+        return self.svc.stop_row(self._row(ident), "Submitted or InProgress")

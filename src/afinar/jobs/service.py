@@ -290,14 +290,17 @@ class JobService:
                 "resumeFrom": ckpts[-1].name if ckpts else None}
 
     def stop_job(self, ident: str) -> dict:
-        r = self._job_row(ident)
+        return self.stop_row(self._job_row(ident), "InProgress")
+
+    def stop_row(self, r, stoppable: str) -> dict:
+        """Stop a job of any kind: a queued one ends Stopped at once; a running one is asked
+        to stop (its worker checkpoints and ends Stopped; the scheduler enforces it)."""
         if r.status not in ACTIVE:
-            raise InvalidRequest(f"job '{r.name}' is {r.status}; only "
-                           f"InProgress jobs can be stopped")
+            raise InvalidRequest(f"job '{r.name}' is {r.status}; only {stoppable} jobs can be "
+                                 f"stopped")
         if r.status == "Stopping":
             return {}
-        started = r.worker_pid is not None
-        if self.scheduler and not started and self.scheduler.dequeue(r.id):
+        if self.scheduler and r.worker_pid is None and self.scheduler.dequeue(r.id):
             finish(self.engine, r.id, "Stopped", note="stopped before it started")
             return {}
         set_fields(self.engine, r.id, status="Stopping")
@@ -371,12 +374,7 @@ class JobService:
                     if _when(r["creationTime"]) < p["creationTimeBefore"]]
         recs.sort(key=lambda r: (r["creationTime"] or "", r["modelName"]),
                   reverse=p.get("sortOrder") != "Ascending")
-        limit = p.get("maxResults") or DEFAULT_PAGE
-        off = _decode_token(p.get("nextToken"))
-        out = {"modelSummaries": recs[off:off + limit]}
-        if off + limit < len(recs):
-            out["nextToken"] = _encode_token(off + limit)
-        return out
+        return page(recs, p, "modelSummaries")
 
     def delete_custom_model(self, ident: str) -> dict:
         rec = self._custom_or_404(ident)
@@ -460,6 +458,16 @@ def _when(iso: str | None) -> dt.datetime:
     """A record's ISO-8601 time, timezone-aware (UTC when it says none)."""
     d = dt.datetime.fromisoformat(str(iso or "1970-01-01").replace("Z", "+00:00"))
     return d if d.tzinfo else d.replace(tzinfo=dt.UTC)
+
+
+def page(items: list, p: dict, key: str) -> dict:
+    """One page of `items` by the request's maxResults and nextToken."""
+    limit = p.get("maxResults") or DEFAULT_PAGE
+    off = _decode_token(p.get("nextToken"))
+    out = {key: items[off:off + limit]}
+    if off + limit < len(items):
+        out["nextToken"] = _encode_token(off + limit)
+    return out
 
 
 def _encode_token(offset: int) -> str:

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from afinar.errors import (
     AfinarError,
-    ConfigError,
     Conflict,
-    DataError,
-    InvalidRequest,
     ModelNotFoundError,
     NotFound,
     QuotaExceeded,
@@ -19,7 +16,6 @@ from afinar.inference.requests import (
     BackendUnavailable,
     ModelUnavailable,
     Overloaded,
-    RequestError,
 )
 from afinar.serve.awsproto import ApiError
 from afinar.storage import StorageError
@@ -33,11 +29,9 @@ TABLE: list[tuple[type[Exception], int, str, str]] = [
     (NotFound, 404, "ResourceNotFoundException", "not_found"),
     (Conflict, 409, "ConflictException", "conflict"),
     (QuotaExceeded, 429, "ServiceQuotaExceededException", "quota_exceeded"),
-    (InvalidRequest, 400, "ValidationException", "invalid_request_error"),
-    (RequestError, 400, "ValidationException", "invalid_request_error"),
-    (DataError, 400, "ValidationException", "invalid_request_error"),
     (StorageError, 400, "ValidationException", "invalid_request_error"),
-    (ConfigError, 400, "ValidationException", "invalid_request_error"),
+    # every other typed error (InvalidRequest, RequestError, DataError, ConfigError, ...) is
+    # bad input: the message says what, where and how to fix it
     (AfinarError, 400, "ValidationException", "invalid_request_error"),
 ]
 
