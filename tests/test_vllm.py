@@ -75,8 +75,13 @@ def test_openai_and_bedrock_clients_on_vllm(vsrv):
     r = rt.converse(modelId="smol-zyx", messages=[{"role": "user", "content": [
         {"text": "Colour of sky?"}]}], inferenceConfig={"maxTokens": 8, "temperature": 0})
     assert r["output"]["message"]["content"][0]["text"] == tuned.choices[0].message.content
-    with pytest.raises(Exception, match="logprobs"):
-        client.chat.completions.create(model="tiny", messages=msgs, max_tokens=2, logprobs=True)
+    lp = client.chat.completions.create(model="smol-zyx", messages=msgs, max_tokens=4,
+                                        temperature=0, logprobs=True, top_logprobs=3)
+    entries = lp.choices[0].logprobs.content
+    assert 0 < len(entries) <= lp.usage.completion_tokens and len(entries[0].top_logprobs) == 3
+    assert "".join(e.token for e in entries) == lp.choices[0].message.content
+    assert entries[0].top_logprobs[0].token == entries[0].token  # greedy: the top one
+    assert all(e.logprob <= 0 for e in entries)
 
 
 def _gone(p, timeout=60):

@@ -228,9 +228,6 @@ class VLLMEngine:
         if self.closed:
             raise Overloaded("the engine is shutting down")
         check_request(req, self.max_output)
-        if req.logprobs or req.top_logprobs:
-            raise RequestError("logprobs are not served by the vLLM backend yet; use "
-                               "serve_backend = \"embedded\"")
         if req.parse_tools and req.tool_choice != "auto":
             raise RequestError("tool_choice 'required' or a named function needs the embedded "
                                "backend (its grammar); with serve_backend vllm use 'auto'")
@@ -246,6 +243,10 @@ class VLLMEngine:
             body["stop"] = list(req.stop)
         if req.seed is not None:
             body["seed"] = req.seed
+        if req.logprobs or req.top_logprobs:
+            # the completions API's logprobs: the chosen token's and the top k, from the
+            # model's own distribution (vLLM's default raw logprobs), as the embedded engine
+            body["logprobs"] = req.top_logprobs or 0
         if req.json_schema is not None or req.json_mode:
             body["structured_outputs"] = {"json": req.json_schema or {"type": "object"}}
         with self.lock:
@@ -297,6 +298,8 @@ class VLLMEngine:
                 if chunk.get("usage"):
                     req.output_tokens = chunk["usage"].get("completion_tokens", 0)
                 for choice in chunk.get("choices") or []:
+                    if req.logprobs and choice.get("logprobs"):
+                        req.token_logprobs += _logprobs(choice["logprobs"], req.top_logprobs)
                     piece = choice.get("text") or ""
                     if piece:
                         text.append(piece)
@@ -307,3 +310,25 @@ class VLLMEngine:
                             choice.get("stop_reason") in req.stop else FINISH.get(finish,
                                                                                  "end_turn")
         req.text = "".join(text)
+        lps = req.token_logprobs
+        if lps and req.stop_reason == "end_turn" and not req.text.endswith(lps[-1]["token"]):
+            lps.pop()  # the end-of-turn token: not part of the answer (as in the embedded engine)
+
+
+def _logprobs(lp: dict, k: int) -> list[dict]:
+    """vLLM's completions logprobs (tokens, token_logprobs, top_logprobs) -> the engine's
+    entries: {"token", "logprob", "top_logprobs": [{"token", "logprob"}]}."""
+    from afinar.inference.engine import MIN_LOGPROB
+
+    out = []
+    tops = lp.get("top_logprobs") or [None] * len(lp.get("tokens") or [])
+    for tok, val, top in zip(lp.get("tokens") or [], lp.get("token_logprobs") or [], tops,
+                             strict=False):
+        entry = {"token": tok, "logprob": max(float(val if val is not None else MIN_LOGPROB),
+                                              MIN_LOGPROB)}
+        if k:
+            ranked = sorted((top or {}).items(), key=lambda kv: -kv[1])[:k]
+            entry["top_logprobs"] = [{"token": t, "logprob": max(float(v), MIN_LOGPROB)}
+                                     for t, v in ranked]
+        out.append(entry)
+    return out
