@@ -106,13 +106,7 @@ def test_restarted_server_adopts_a_running_ray_job(tmp_path, tiny_model_dir, ray
     from ray.job_submission import JobSubmissionClient
 
     s = _server(tmp_path / "home", tiny_model_dir, ray_head).start()
-    bedrock = s.client()
-    train = s.put("ft/train.jsonl", mapping_rows(128))
-    arn = _create(bedrock, "ray-long", "ray-long-model", train,
-                  hp={"epochCount": "5", "batchSize": "1", "learningRate": "0.01"})
-    job_id = arn.rsplit("/", 1)[-1]
-    wait_job(bedrock, arn, cond=lambda j: j["statusDetails"]["trainingDetails"]["status"]
-             == "InProgress", timeout=600)
+    arn, job_id = _training(s, "ray-long")
     s.kill()  # SIGKILL: no shutdown at all
     s.start()
     try:
@@ -130,12 +124,7 @@ def test_a_killed_ray_worker_fails_its_job_with_the_reason(tmp_path, tiny_model_
     s = _server(tmp_path / "home", tiny_model_dir, ray_head).start()
     try:
         bedrock = s.client()
-        train = s.put("ft/train.jsonl", mapping_rows(128))
-        arn = _create(bedrock, "ray-killed", "ray-killed-model", train,
-                      hp={"epochCount": "5", "batchSize": "1", "learningRate": "0.01"})
-        job_id = arn.rsplit("/", 1)[-1]
-        wait_job(bedrock, arn, cond=lambda j: j["statusDetails"]["trainingDetails"]["status"]
-                 == "InProgress", timeout=600)
+        arn, job_id = _training(s, "ray-killed")
         pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
                 and _cmdline(p).endswith(f"afinar.jobs.worker {job_id}")]
         assert pids, "the worker process was not found"
@@ -145,6 +134,16 @@ def test_a_killed_ray_worker_fails_its_job_with_the_reason(tmp_path, tiny_model_
         assert j["status"] == "Failed" and "worker" in j["failureMessage"], j
     finally:
         s.kill()
+
+
+def _training(s: Server, name: str) -> tuple[str, str]:
+    """A customization job long enough (640 steps) to be caught training; (ARN, job id)."""
+    bedrock = s.client()
+    arn = _create(bedrock, name, f"{name}-model", s.put("ft/train.jsonl", mapping_rows(128)),
+                  hp={"epochCount": "5", "batchSize": "1", "learningRate": "0.01"})
+    wait_job(bedrock, arn, cond=lambda j: j["statusDetails"]["trainingDetails"]["status"]
+             == "InProgress", timeout=600)
+    return arn, arn.rsplit("/", 1)[-1]
 
 
 def _cmdline(p: Path) -> str:

@@ -228,7 +228,6 @@ class Engine:
         base, adapter = self.resolve(req.model)
         req.matcher = self._matcher(base, req)
         encode_prompt(req, base.tokenizer, self.max_prompt)
-        req.key = (base.path, adapter)
         with self.lock:
             if len(self.pending) >= self.max_queue:
                 raise Overloaded(f"{self.max_queue} requests are already waiting; retry later")

@@ -100,7 +100,6 @@ class GenRequest:
     input_tokens: int = 0
     output_tokens: int = 0
     stop_reason: str = "end_turn"
-    key: tuple = ()
     prompt_ids: list[int] = field(default_factory=list)
     matcher: object = None  # the grammar of a constrained request (inference/constrain.py)
     tool_calls: list[dict] = field(default_factory=list)  # [{"id", "name", "arguments"}]
