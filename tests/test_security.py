@@ -395,30 +395,48 @@ def test_inference_waits_do_not_starve_the_control_plane(tmp_path, tiny_model_di
 
 
 def test_evaluations_are_queued_and_bounded(settings, tiny_model_dir, monkeypatch):
+    """afinar's evaluations are jobs: one runs (max_concurrent_jobs), the next waits (Queued),
+    beyond the queue's bound a QuotaExceeded (429); bad fields are refused before queueing."""
     import time
 
-    from afinar.serve import evaluations as ev_mod
+    from afinar.errors import InvalidRequest, QuotaExceeded
+    from afinar.jobs import service as service_mod
+    from afinar.jobs.scheduler import Scheduler
 
-    monkeypatch.setattr(ev_mod, "MAX_WAITING", 1)
+    monkeypatch.setattr(service_mod, "MAX_QUEUED", 1)
     settings.model_aliases["tiny"] = str(tiny_model_dir)
     (settings.home / "afinar.toml").parent.mkdir(parents=True, exist_ok=True)
     (settings.home / "afinar.toml").write_text(f'[model_aliases]\n"tiny" = "{tiny_model_dir}"\n')
     write_jsonl(settings.bucket_root / "b" / "e.jsonl", mapping_rows(4))
-    ev = ev_mod.Evaluations(settings)
+    svc = service_mod.JobService(settings)
+    svc.scheduler = Scheduler(settings, svc.engine)
+    ev = svc.evaluations
     body = {"models": ["tiny"], "data": "s3://b/e.jsonl", "maxExamples": 2}
-    states = [ev.create(dict(body)) for _ in range(2)]
-    assert [s["status"] for s in states] == ["InProgress", "Queued"]
-    with pytest.raises(ev_mod.Busy):
-        ev.create(dict(body))
+    states = [ev.create_afinar(dict(body))]
+    assert states[0]["status"] == "Queued"
+    with pytest.raises(QuotaExceeded):  # the queue holds MAX_QUEUED jobs
+        ev.create_afinar(dict(body))
+    monkeypatch.setattr(service_mod, "MAX_QUEUED", 2)
+    states.append(ev.create_afinar(dict(body)))
+    svc.scheduler.start()
+    deadline = time.time() + 120
+    while (first := ev.get_afinar(states[0]["id"])["status"]) == "Queued":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    if first == "InProgress":  # one at a time: the second waits
+        assert ev.get_afinar(states[1]["id"])["status"] == "Queued"
     for bad in ({"maxExamples": {}}, {"maxExamples": 0}, {"maxExamples": True},
                 {"compareBase": "yes"}, {"models": ["tiny"] * 9}, {"bogus": 1}):
-        with pytest.raises(ValueError):
-            ev.create({**body, **bad})
-    deadline = time.time() + 600
-    while time.time() < deadline and any(
-            ev.get(s["id"])["status"] in ("Queued", "InProgress") for s in states):
-        time.sleep(0.5)
-    assert [ev.get(s["id"])["status"] for s in states] == ["Completed"] * 2
+        with pytest.raises(InvalidRequest):
+            ev.create_afinar({**body, **bad})
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and any(
+                ev.get_afinar(s["id"])["status"] in ("Queued", "InProgress") for s in states):
+            time.sleep(0.5)
+        assert [ev.get_afinar(s["id"])["status"] for s in states] == ["Completed"] * 2
+    finally:
+        svc.scheduler.shutdown()
 
 
 # -- bad input: clear errors, never a crash ---------------------------------------------------------

@@ -46,7 +46,7 @@ class Settings(BaseModel):
     ray_python: str | None = Field(None, description="The Python interpreter, with afinar "
                                    "installed, that runs workers on the Ray nodes (default: "
                                    "the server's own).")
-    job_limits: dict[Literal["customization", "batch-inference"], Annotated[int, Field(ge=1)]] = \
+    job_limits: dict[Literal["customization", "batch-inference", "evaluation"], Annotated[int, Field(ge=1)]] = \
         Field(default_factory=dict, description="Jobs of one kind that may run at once, within "
               "max_concurrent_jobs (e.g. {customization = 1, batch-inference = 2}).")
     serve_max_batch: int = Field(32, ge=1, le=256, description="Requests generated together "

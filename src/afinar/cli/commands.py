@@ -421,35 +421,19 @@ def add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from afinar.eval.compare import evaluate, format_table, write_report
-    from afinar.models.registry import custom_model_record
+    from afinar.eval.compare import compare, format_table, write_report
 
     _quiet_libraries()
     settings = _settings(args)
-    models = list(args.model)
-    if args.compare_base:
-        for m in list(models):
-            rec = custom_model_record(settings, m)
-            if rec is None and (Path(m) / "afinar_model.json").exists():
-                rec = json.loads((Path(m) / "afinar_model.json").read_text(encoding="utf-8"))
-            if rec is None:
-                raise ConfigError(f"--compare-base: '{m}' is not a custom model, so it has no "
-                                  f"recorded base", hint="pass both with --model A --model B")
-            if rec["base_model"] not in models:
-                models.insert(0, rec["base_model"])
     if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise ConfigError(f"--output-dir {args.output_dir} is a file, not a folder",
                           hint="name a folder (it is created if missing)")
     bar = TqdmProgress(disable=args.quiet or args.json)
-    report = evaluate(models, args.data, settings, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, limit=args.limit, progress=bar)
+    report, runs = compare(args.model, args.data, settings, compare_base=args.compare_base,
+                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                           limit=args.limit, progress=bar)
     bar.close()
     if args.output_dir:
-        runs = {}
-        for m in models:
-            rec = custom_model_record(settings, m)
-            if rec and rec.get("model_dir"):
-                runs[m] = Path(rec["model_dir"])
         paths = write_report(report, args.output_dir, run_dirs=runs)
         if not args.json:
             out(f"report: {paths['markdown']} and {paths['html']}")

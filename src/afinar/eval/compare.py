@@ -83,12 +83,45 @@ def evaluate(models: list[str], data_path: str, settings: Settings, *,
     return report
 
 
+def compare(models: list[str], data_path: str, settings: Settings, *,
+            compare_base: bool = False, **kw) -> tuple[dict, dict[str, Path]]:
+    """`afinar eval` and afinar's evaluation jobs: `evaluate` over the models (and, with
+    compare_base, each custom model's recorded base first), and the run directories of the
+    custom models (their loss curves go in the report)."""
+    from afinar.models.registry import custom_model_record
+
+    models = list(models)
+    if compare_base:
+        for m in list(models):
+            rec = custom_model_record(settings, m)
+            if rec is None and (Path(m) / "afinar_model.json").exists():
+                rec = json.loads((Path(m) / "afinar_model.json").read_text(encoding="utf-8"))
+            if rec is None:
+                raise ConfigError(f"compare base: '{m}' is not a custom model, so it has no "
+                                  f"recorded base", hint="name both models instead")
+            if rec["base_model"] not in models:
+                models.insert(0, rec["base_model"])
+    report = evaluate(models, data_path, settings, **kw)
+    runs = {}
+    for m in models:
+        rec = custom_model_record(settings, m)
+        if rec and rec.get("model_dir"):
+            runs[m] = Path(rec["model_dir"])
+    return report, runs
+
+
 def _fmt(k: str, v: float) -> str:
     return f"{v * 100:.1f}%" if k in PERCENT else f"{v:.4g}"
 
 
+def metric_names(report: dict) -> list[str]:
+    """afinar's metrics in their usual order, then any others (Bedrock's) as given."""
+    have = list(report["models"][0]["metrics"]) if report["models"] else []
+    return [k for k in METRIC_ORDER if k in have] + [k for k in have if k not in METRIC_ORDER]
+
+
 def format_table(report: dict) -> str:
-    metrics = [k for k in METRIC_ORDER if k in report["models"][0]["metrics"]]
+    metrics = metric_names(report)
     head = f"{'model':<40}" + "".join(f"{m:>16}" for m in metrics)
     rows = [head, "-" * len(head)]
     for m in report["models"]:
@@ -181,10 +214,12 @@ def write_report(report: dict, out_dir: str | Path, title: str = "Evaluation rep
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False),
                                      encoding="utf-8")
-    metrics = [k for k in METRIC_ORDER if k in report["models"][0]["metrics"]]
+    metrics = metric_names(report)
     how = {"generation": f"greedy decoding, up to {report.get('max_new_tokens')} new tokens",
            "text": "perplexity over each document (up to 1,024 tokens)",
-           "classification": "predicted labels"}.get(report.get("task", "generation"), "")
+           "classification": "predicted labels",
+           "bedrock": "Bedrock's automated evaluation (algorithmic metrics and a judge model)",
+           "rag": "retrieval (and generation) over a knowledge base, scored by the judge"}.get(report.get("task", "generation"), "")
     md = [f"# {title}", "", f"Data: `{report['data']}` ({report['n']} examples), {how}.", "",
           "| model | " + " | ".join(metrics) + " | seconds |",
           "|---|" + "---|" * (len(metrics) + 1)]

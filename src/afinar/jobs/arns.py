@@ -33,6 +33,9 @@ class Arns:
     def invocation_job(self, job_id: str) -> str:
         return f"arn:aws:bedrock:{self.region}:{self.account}:model-invocation-job/{job_id}"
 
+    def evaluation_job(self, job_id: str) -> str:
+        return f"arn:aws:bedrock:{self.region}:{self.account}:evaluation-job/{job_id}"
+
     def custom(self, base_model_id: str, model_id: str) -> str:
         return (f"arn:aws:bedrock:{self.region}:{self.account}:custom-model/"
                 f"afinar.{slug(base_model_id)}/{model_id}")

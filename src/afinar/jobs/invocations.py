@@ -8,14 +8,11 @@ Failed, Stopping and Stopped as the store says. Record counts come from the work
 
 from __future__ import annotations
 
-from sqlalchemy import and_, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, select
 
 from afinar import db
-from afinar.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
+from afinar.errors import InvalidRequest
 from afinar.jobs.arns import short_id
-from afinar.jobs.scheduler import MAX_QUEUED
-from afinar.jobs.store import add_event
 from afinar.storage import StorageError
 
 KIND = "batch-inference"
@@ -31,17 +28,10 @@ class InvocationJobs:
         from afinar.inference import bodies
         from afinar.models.registry import check_served
 
-        s, engine = self.svc, self.svc.engine
+        s = self.svc
         token = req.get("clientRequestToken")
-        if token:
-            with engine.connect() as c:
-                row = c.execute(select(db.jobs).where(and_(
-                    db.jobs.c.client_token == token, db.jobs.c.kind == KIND))).first()
-            if row is not None:
-                if row.request != req:
-                    raise Conflict(f"clientRequestToken '{token}' was already used by job "
-                                   f"'{row.name}' with different parameters")
-                return {"jobArn": row.arn}
+        if (done := s.by_token(KIND, token, req)) is not None:
+            return done
         for k in ("vpcConfig", "tags"):
             if req.get(k):
                 raise InvalidRequest(f"{k} is not supported by afinar; remove it")
@@ -72,9 +62,7 @@ class InvocationJobs:
                                  "models are not supported")
         ident = s.serving_id(req["modelId"])
         check_served(ident, s.settings)  # a model this server serves, or ModelNotFoundError
-        if s.scheduler and s.scheduler.queued() >= MAX_QUEUED:
-            raise QuotaExceeded(f"{MAX_QUEUED} jobs are already queued; wait for some to "
-                                f"finish")
+        s.check_quota()
         job_id = short_id()
         now = db.now()
         row = dict(id=job_id, arn=s.arns.invocation_job(job_id), name=req["jobName"],
@@ -82,31 +70,13 @@ class InvocationJobs:
                    base_model=ident, base_model_arn=req["modelId"], output_model_name="",
                    request=req, status_details={}, created_at=now, updated_at=now,
                    attempts=0, kind=KIND)
-        try:
-            with engine.begin() as c:
-                c.execute(insert(db.jobs).values(**row))
-        except IntegrityError:
-            raise Conflict(f"a job named '{req['jobName']}' already exists; job names are "
-                           f"unique") from None
-        add_event(engine, job_id, f"batch inference job created: {req['modelId']} on "
-                  f"{inp['s3Uri']}")
-        if s.scheduler:
-            s.scheduler.enqueue(job_id)
+        s.add_job(row, f"batch inference job created: {req['modelId']} on {inp['s3Uri']}")
         return {"jobArn": row["arn"]}
 
     # -- Get / List / Stop -------------------------------------------------------------------
     def _row(self, ident: str):
-        col = db.jobs.c.arn if ident.startswith("arn:") else db.jobs.c.name
-        with self.svc.engine.connect() as c:
-            row = c.execute(select(db.jobs).where(and_(col == ident,
-                                                       db.jobs.c.kind == KIND))).first()
-            if row is None and not ident.startswith("arn:"):
-                row = c.execute(select(db.jobs).where(and_(
-                    db.jobs.c.id == ident, db.jobs.c.kind == KIND))).first()
-        if row is None:
-            raise NotFound(f"no model invocation job '{ident}'; list them with "
-                           f"ListModelInvocationJobs")
-        return row
+        return self.svc.row_of(KIND, ident, f"no model invocation job '{ident}'; list them "
+                               f"with ListModelInvocationJobs")
 
     @staticmethod
     def _status(r) -> str:

@@ -68,8 +68,10 @@ class JobService:
         self.arns = Arns(settings)
         self.storage = Storage(settings)
         self.scheduler: Scheduler | None = None
+        from afinar.jobs.evaluations import EvaluationJobs
         from afinar.jobs.invocations import InvocationJobs
         self.invocations = InvocationJobs(self)
+        self.evaluations = EvaluationJobs(self)
 
     # -- model identifiers ---------------------------------------------------------------
     def resolve_base(self, identifier: str) -> tuple[str, str, str, str]:
@@ -114,16 +116,8 @@ class JobService:
     # -- CreateModelCustomizationJob -----------------------------------------------------
     def create_job(self, req: dict) -> dict:
         token = req.get("clientRequestToken")
-        if token:
-            with self.engine.connect() as c:
-                row = c.execute(select(db.jobs).where(and_(
-                    db.jobs.c.client_token == token, db.jobs.c.kind == CUSTOMIZATION))).first()
-            if row is not None:
-                same = {k: v for k, v in row.request.items()} == req
-                if not same:
-                    raise Conflict(f"clientRequestToken '{token}' was "
-                                   f"already used by job '{row.name}' with different parameters")
-                return {"jobArn": row.arn}
+        if (done := self.by_token(CUSTOMIZATION, token, req)) is not None:
+            return done
         ctype = req.get("customizationType", "FINE_TUNING")
         if ctype not in SUPPORTED_TYPES:
             raise InvalidRequest(f"customizationType {ctype} is not supported; use one of "
@@ -163,8 +157,7 @@ class JobService:
         if busy:
             raise Conflict(f"job '{busy.name}' is already creating custom "
                            f"model '{model_name}'")
-        if self.scheduler and self.scheduler.queued() >= MAX_QUEUED:
-            raise QuotaExceeded(f"{MAX_QUEUED} jobs are already queued; wait for some to finish")
+        self.check_quota()
         job_id = short_id()
         now = db.now()
         details = {p: {"status": "NotStarted", "creationTime": now.isoformat(),
@@ -172,16 +165,9 @@ class JobService:
         row = dict(id=job_id, arn=self.arns.job(base_id, job_id), name=name, client_token=token,
                    status="InProgress", customization_type=ctype, base_model=target,
                    base_model_arn=base_arn, output_model_name=model_name, request=req,
-                   status_details=details, created_at=now, updated_at=now, attempts=0)
-        try:
-            with self.engine.begin() as c:
-                c.execute(insert(db.jobs).values(**row))
-        except IntegrityError:
-            raise Conflict(f"a job named '{name}' already exists; job "
-                           f"names are unique") from None
-        add_event(self.engine, job_id, f"job created: {ctype} of {target} -> {model_name}")
-        if self.scheduler:
-            self.scheduler.enqueue(job_id)
+                   status_details=details, created_at=now, updated_at=now, attempts=0,
+                   kind=CUSTOMIZATION)
+        self.add_job(row, f"job created: {ctype} of {target} -> {model_name}")
         return {"jobArn": row["arn"]}
 
     def _check_hyperparameters(self, hp: dict, ctype: str) -> None:
@@ -201,17 +187,8 @@ class JobService:
 
     # -- Get / List / Stop ---------------------------------------------------------------
     def _job_row(self, ident: str):
-        col = db.jobs.c.arn if ident.startswith("arn:") else db.jobs.c.name
-        kind = db.jobs.c.kind == CUSTOMIZATION
-        with self.engine.connect() as c:
-            row = c.execute(select(db.jobs).where(and_(col == ident, kind))).first()
-            if row is None and not ident.startswith("arn:"):
-                row = c.execute(select(db.jobs).where(and_(db.jobs.c.id == ident,
-                                                           kind))).first()
-        if row is None:
-            raise NotFound(f"no model customization job '{ident}'; list them with "
-                           f"ListModelCustomizationJobs")
-        return row
+        return self.row_of(CUSTOMIZATION, ident, f"no model customization job '{ident}'; list "
+                           f"them with ListModelCustomizationJobs")
 
     def get_job(self, ident: str) -> dict:
         r = self._job_row(ident)
@@ -307,12 +284,54 @@ class JobService:
         add_event(self.engine, r.id, "stop requested")
         return {}
 
+    # -- shared by every kind of job ---------------------------------------------------
+    def by_token(self, kind: str, token: str | None, req: dict) -> dict | None:
+        """Idempotency: {"jobArn"} of the job a client token already created with the same
+        request, None for a new token; Conflict when the token came with another request."""
+        if not token:
+            return None
+        with self.engine.connect() as c:
+            row = c.execute(select(db.jobs).where(and_(
+                db.jobs.c.client_token == token, db.jobs.c.kind == kind))).first()
+        if row is None:
+            return None
+        if row.request != req:
+            raise Conflict(f"clientRequestToken '{token}' was already used by job "
+                           f"'{row.name}' with different parameters")
+        return {"jobArn": row.arn}
+
+    def check_quota(self) -> None:
+        if self.scheduler and self.scheduler.queued() >= MAX_QUEUED:
+            raise QuotaExceeded(f"{MAX_QUEUED} jobs are already queued; wait for some to finish")
+
+    def add_job(self, row: dict, event: str) -> None:
+        """Insert a new job row (names are unique across kinds) and queue it."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(insert(db.jobs).values(**row))
+        except IntegrityError:
+            raise Conflict(f"a job named '{row['name']}' already exists; job names are "
+                           f"unique") from None
+        add_event(self.engine, row["id"], event)
+        if self.scheduler:
+            self.scheduler.enqueue(row["id"])
+
+    def row_of(self, kind: str | None, ident: str, missing: str):
+        """A job by ARN, name or id (of one kind, or any); NotFound with `missing`."""
+        col = db.jobs.c.arn if ident.startswith("arn:") else db.jobs.c.name
+        conds = [db.jobs.c.kind == kind] if kind else []
+        with self.engine.connect() as c:
+            row = c.execute(select(db.jobs).where(and_(col == ident, *conds))).first()
+            if row is None and not ident.startswith("arn:"):
+                row = c.execute(select(db.jobs).where(and_(db.jobs.c.id == ident,
+                                                           *conds))).first()
+        if row is None:
+            raise NotFound(missing)
+        return row
+
     def job_events(self, ident: str, after: int = 0, limit: int = 500) -> dict:
         """The events of a job of any kind (by id, name or ARN)."""
-        try:
-            r = self._job_row(ident)
-        except NotFound:
-            r = self.invocations._row(ident)
+        r = self.row_of(None, ident, f"no job '{ident}'")
         with self.engine.connect() as c:
             rows = c.execute(select(db.events).where(and_(
                 db.events.c.job_id == r.id, db.events.c.id > after)).order_by(

@@ -37,10 +37,22 @@ def read_questions(path: Path) -> list[dict]:
     return out
 
 
-def _matches(expected: str, r) -> bool:
+def source_matches(expected: str, r) -> bool:
     e = expected.strip()
     return e in (r.doc_id, r.uri) or r.doc_id.endswith("/" + e) or Path(r.doc_id).name == e \
         or r.uri.endswith("/" + e)
+
+
+def rank_of(expected: list[str], results) -> tuple[int | None, list[str]]:
+    """The 1-based rank (by document) of the first retrieved document that matches one of
+    the expected sources, or None; and the ranked document ids."""
+    docs = list(dict.fromkeys(r.doc_id for r in results))  # rank by document
+    first = {}
+    for r in results:
+        first.setdefault(r.doc_id, r)
+    rank = next((i for i, d in enumerate(docs, 1)
+                 if any(source_matches(e, first[d]) for e in expected)), None)
+    return rank, docs
 
 
 def evaluate(kbs, kb: str, questions: list[dict], k: int = 5,
@@ -48,10 +60,7 @@ def evaluate(kbs, kb: str, questions: list[dict], k: int = 5,
     rows, hits1, hitsk, rr = [], 0, 0, 0.0
     for q in questions:
         res = kbs.retrieve(kb, q["question"], k, search_type=search_type)
-        docs = list(dict.fromkeys(r.doc_id for r in res))  # rank by document
-        rank = next((i for i, d in enumerate(docs, 1)
-                     if _matches(q["expected_source"], next(r for r in res if r.doc_id == d))),
-                    None)
+        rank, docs = rank_of([q["expected_source"]], res)
         hits1 += rank == 1
         hitsk += rank is not None
         rr += 1.0 / rank if rank else 0.0

@@ -52,6 +52,10 @@ BEDROCK_OPERATIONS = {
     "GetModelInvocationJob": lambda s, p: s.invocations.get(p["jobIdentifier"]),
     "ListModelInvocationJobs": lambda s, p: s.invocations.list(p),
     "StopModelInvocationJob": lambda s, p: s.invocations.stop(p["jobIdentifier"]),
+    "CreateEvaluationJob": lambda s, p: s.evaluations.create(p),
+    "GetEvaluationJob": lambda s, p: s.evaluations.get(p["jobIdentifier"]),
+    "ListEvaluationJobs": lambda s, p: s.evaluations.list(p),
+    "StopEvaluationJob": lambda s, p: s.evaluations.stop(p["jobIdentifier"]),
 }
 
 
@@ -145,7 +149,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     app.state.knowledge = knowledge
     app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder,
                                             settings.model_aliases))
-    app.include_router(evaluations.router(settings))
+    app.include_router(evaluations.router(service))
     app.include_router(catalog_routes.router(settings, service, knowledge))
     app.include_router(afinar_api.router(settings, service))
     app.include_router(console.router(settings, sessions))
