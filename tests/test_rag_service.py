@@ -232,3 +232,53 @@ def test_retrieve_and_generate_cites_the_right_document(tmp_path, tiny_model_dir
         assert json.dumps(out["citations"])  # plain JSON all the way down
     finally:
         srv.kill(signal.SIGTERM)
+
+
+def test_ingestion_is_a_job_that_stops_and_resumes(srv):
+    """StartIngestionJob runs on the job system (its events in the job log); a stopped job
+    ends STOPPED keeping what it indexed, and the next job does only what is left."""
+    import urllib.request
+
+    agent, rt = _clients(srv)
+    bucket = srv.home / "s3" / "many-bucket" / "notes"
+    bucket.mkdir(parents=True)
+    for i in range(300):
+        (bucket / f"note-{i:03d}.txt").write_text(f"Note {i}: the code word for item {i} is "
+                                                  f"w{i * 7919 % 10007}.\n")
+    kb_id = agent.create_knowledge_base(
+        name="notes", roleArn=ROLE, knowledgeBaseConfiguration={
+            "type": "VECTOR", "vectorKnowledgeBaseConfiguration": {
+                "embeddingModelArn": EMBED_ARN}})["knowledgeBase"]["knowledgeBaseId"]
+    ds_id = agent.create_data_source(
+        knowledgeBaseId=kb_id, name="notes", dataSourceConfiguration={
+            "type": "S3", "s3Configuration": {"bucketArn": "arn:aws:s3:::many-bucket"}},
+    )["dataSource"]["dataSourceId"]
+    job = agent.start_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id)["ingestionJob"]
+    with pytest.raises(ClientError) as e:  # one at a time per data source
+        agent.start_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id)
+    assert _code(e) == "ConflictException"
+    stopped = agent.stop_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id,
+                                       ingestionJobId=job["ingestionJobId"])["ingestionJob"]
+    assert stopped["status"] in ("STOPPING", "STOPPED")
+    done = _wait(agent, kb_id, ds_id, job["ingestionJobId"])
+    assert done["status"] == "STOPPED", done
+    first = done["statistics"]["numberOfNewDocumentsIndexed"]
+    assert first < 300
+    with urllib.request.urlopen(f"{srv.url}/afinar/jobs/{job['ingestionJobId']}/events",
+                                timeout=30) as r:
+        events = [x["message"] for x in json.loads(r.read())["events"]]
+    assert any("ingestion job for data source notes" in m for m in events), events
+    assert any("stop" in m for m in events), events
+    job2 = agent.start_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id)["ingestionJob"]
+    done2 = _wait(agent, kb_id, ds_id, job2["ingestionJobId"], timeout=600)
+    assert done2["status"] == "COMPLETE", done2
+    assert done2["statistics"]["numberOfNewDocumentsIndexed"] == 300 - first
+    # the server reads what the worker process wrote
+    r = rt.retrieve(knowledgeBaseId=kb_id, retrievalQuery={"text": "Note 123 code word"},
+                    retrievalConfiguration={"vectorSearchConfiguration": {
+                        "numberOfResults": 3}})
+    assert any("Note 123:" in x["content"]["text"] for x in r["retrievalResults"])
+    with pytest.raises(ClientError) as e:
+        agent.stop_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id,
+                                 ingestionJobId=job2["ingestionJobId"])
+    assert _code(e) == "ValidationException"

@@ -46,9 +46,11 @@ class Settings(BaseModel):
     ray_python: str | None = Field(None, description="The Python interpreter, with afinar "
                                    "installed, that runs workers on the Ray nodes (default: "
                                    "the server's own).")
-    job_limits: dict[Literal["customization", "batch-inference", "evaluation"], Annotated[int, Field(ge=1)]] = \
-        Field(default_factory=dict, description="Jobs of one kind that may run at once, within "
-              "max_concurrent_jobs (e.g. {customization = 1, batch-inference = 2}).")
+    job_limits: dict[Literal["customization", "batch-inference", "evaluation", "ingestion"],
+                     Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="Jobs of one kind that may run at once, within "
+        "max_concurrent_jobs (e.g. {customization = 1, batch-inference = 2}); ingestion jobs "
+        "run beside the others, one at a time unless ingestion is set here.")
     serve_max_batch: int = Field(32, ge=1, le=256, description="Requests generated together "
                                  "in one batch by the serving engine.")
     serve_max_queue: int = Field(256, ge=1, description="Requests that may wait for the engine; "

@@ -22,6 +22,7 @@ from afinar.jobs.store import add_event, finish, job_status, set_fields
 MAX_QUEUED = 1000
 MAX_ATTEMPTS = 3
 STOP_GRACE_S = 120
+UNCAPPED = {"ingestion": 1}  # kinds outside max_concurrent_jobs, with their default limit
 
 class Scheduler:
     """A bounded FIFO of job ids and at most `max_concurrent_jobs` workers.
@@ -102,10 +103,7 @@ class Scheduler:
         while not self.stopped.is_set():
             self._reap()
             with self.lock:
-                while len(self.running) < self.settings.max_concurrent_jobs:
-                    job_id = self._next()
-                    if job_id is None:
-                        break
+                while (job_id := self._next()) is not None:
                     self._launch(job_id)
             self.wake.wait(0.5)
             self.wake.clear()
@@ -131,11 +129,17 @@ class Scheduler:
         return self.kinds[job_id]
 
     def _next(self) -> str | None:
-        """The oldest queued job whose kind is under its limit (others keep their place)."""
+        """The oldest queued job whose kind is under its limit (others keep their place).
+        Ingestion jobs (light: parse and embed documents) run beside the others, at most
+        job_limits.ingestion (1) at a time; the other kinds share max_concurrent_jobs."""
         running = collections.Counter(self._kind(j) for j in self.running)
+        capped = sum(n for k, n in running.items() if k not in UNCAPPED)
         for job_id in self.queue:
-            limit = self.settings.job_limits.get(self._kind(job_id))
-            if limit is None or running[self._kind(job_id)] < limit:
+            kind = self._kind(job_id)
+            limit = self.settings.job_limits.get(kind, UNCAPPED.get(kind))
+            if kind not in UNCAPPED and capped >= self.settings.max_concurrent_jobs:
+                continue
+            if limit is None or running[kind] < limit:
                 self.queue.remove(job_id)
                 return job_id
         return None

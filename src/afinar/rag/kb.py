@@ -21,6 +21,7 @@ import string
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,10 @@ DEFAULT_CHUNKING = {"chunkingStrategy": "FIXED_SIZE",
 EMBED_GROUP = 256  # chunks embedded (and written) together, across documents
 SEARCH_TYPES = ("HYBRID", "SEMANTIC")
 DEFAULT_SEARCH_TYPE = "HYBRID"
+
+
+class SyncStopped(Exception):
+    """An ingestion job was asked to stop."""
 
 
 class KnowledgeBaseError(AfinarError):
@@ -349,9 +354,23 @@ class KnowledgeBases:
                                                  self.embedder(kb).dim)
             return self._stores[kb_id]
 
-    def _kb_lock(self, kb_id: str) -> threading.Lock:
+    @contextmanager
+    def _kb_lock(self, kb_id: str) -> Iterator[None]:
+        """One writer per knowledge base: across threads of this process and across processes
+        (an ingestion job's worker beside the server's single-document ingestion)."""
+        import fcntl
+
         with self._lock:
-            return self._kb_locks.setdefault(kb_id, threading.Lock())
+            lock = self._kb_locks.setdefault(kb_id, threading.Lock())
+        with lock:
+            p = self.root / kb_id / ".write.lock"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with p.open("a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
 
     @staticmethod
     def _key(source_id: str, doc_id: str) -> str:
@@ -456,9 +475,11 @@ class KnowledgeBases:
         return cfg
 
     def _index(self, kb: dict, src: dict, docs: list[tuple[Entry, str]], stats: SyncStats,
-               progress: ProgressCallback, done0: int = 0, total: int | None = None) -> list:
+               progress: ProgressCallback, done0: int = 0, total: int | None = None,
+               should_stop: Callable[[], bool] | None = None) -> list:
         """Parse, chunk, embed and store documents; returns per-document (entry, status,
-        reason). `docs` holds (entry, kind) with kind new | modified."""
+        reason). `docs` holds (entry, kind) with kind new | modified. A stop asked for is
+        honoured after the documents parsed so far are stored (SyncStopped)."""
         emb, store = self.embedder(kb), self.store(kb["id"])
         cfg = self._chunk_config(src, emb)
         hierarchical = cfg.get("chunkingStrategy") == "HIERARCHICAL"
@@ -484,6 +505,9 @@ class KnowledgeBases:
             group, rows, texts = [], [], []
 
         for e, kind in docs:
+            if should_stop is not None and should_stop():
+                flush()
+                raise SyncStopped()
             try:
                 if e.error:
                     raise DocumentError(e.error)
@@ -545,9 +569,12 @@ class KnowledgeBases:
             self._put_document(c, kb, src, e, "FAILED", reason, 0)
 
     def sync(self, kb_ident: str, source_ident: str | None = None, *,
-             progress: ProgressCallback = null_progress, job_id: str | None = None) -> dict:
+             progress: ProgressCallback = null_progress, job_id: str | None = None,
+             should_stop: Callable[[], bool] | None = None) -> dict:
         """Index what is new or changed in a data source, delete what disappeared. Records an
-        ingestion job (so syncs from the CLI show in ListIngestionJobs too)."""
+        ingestion job (so syncs from the CLI show in ListIngestionJobs too). Stopped (STOPPED,
+        what was indexed kept) when `should_stop` says so; a sync run again does only what
+        is left."""
         kb = self.get(kb_ident)
         src = self.resolve_source(kb["id"], source_ident)
         if job_id is None:
@@ -556,7 +583,11 @@ class KnowledgeBases:
         self._set_job(job_id, status="IN_PROGRESS")
         try:
             with self._kb_lock(kb["id"]), tempfile.TemporaryDirectory() as tmp:
-                self._sync(kb, src, stats, Path(tmp), progress)
+                self._sync(kb, src, stats, Path(tmp), progress, should_stop)
+        except SyncStopped:
+            self._set_job(job_id, status="STOPPED", statistics=stats.to_bedrock(),
+                          failure_reasons=stats.failures)
+            return self.get_ingestion_job(kb["id"], src["id"], job_id) | {"_stats": stats}
         except AfinarError as e:
             self._set_job(job_id, status="FAILED", statistics=stats.to_bedrock(),
                           failure_reasons=[e.message] + stats.failures)
@@ -570,7 +601,7 @@ class KnowledgeBases:
         return self.get_ingestion_job(kb["id"], src["id"], job_id) | {"_stats": stats}
 
     def _sync(self, kb: dict, src: dict, stats: SyncStats, tmp: Path,
-              progress: ProgressCallback) -> None:
+              progress: ProgressCallback, should_stop: Callable[[], bool] | None) -> None:
         t = db.kb_documents
         with self.db.connect() as c:
             known = {r["doc_id"]: dict(r) for r in c.execute(
@@ -603,8 +634,13 @@ class KnowledgeBases:
             stats.deleted += sum(1 for d in gone if known[d]["status"] == "INDEXED")
         if todo:
             progress(ProgressEvent("ingest", 0, len(todo)))
-            self._index(kb, src, todo, stats, progress, total=len(todo))
-        if todo or gone:
+            try:
+                self._index(kb, src, todo, stats, progress, total=len(todo),
+                            should_stop=should_stop)
+            finally:  # what was indexed before a stop is searchable
+                self.store(kb["id"]).maintain()
+                self._touch(kb["id"])
+        elif gone:
             self.store(kb["id"]).maintain()
             self._touch(kb["id"])
 
@@ -637,7 +673,7 @@ class KnowledgeBases:
                             ).mappings().first()
         if row is None:
             raise NotFound(f"no ingestion job '{job_id}' for data source '{src['name']}'")
-        return _record(row)
+        return self._reconciled(_record(row))
 
     def list_ingestion_jobs(self, kb_ident: str, source_ident: str) -> list[dict]:
         src = self.get_source(kb_ident, source_ident)
@@ -645,13 +681,32 @@ class KnowledgeBases:
         with self.db.connect() as c:
             rows = c.execute(select(t).where(t.c.source_id == src["id"]).order_by(
                 t.c.started_at)).mappings().all()
-        return [_record(r) for r in rows]
+        return [self._reconciled(_record(r)) for r in rows]
+
+    def _reconciled(self, rec: dict) -> dict:
+        """An ingestion job run by the job system (jobs/ingestion.py) whose worker ended without
+        recording its end (killed, failed to start), or that is being stopped, says so."""
+        if rec["status"] not in ("STARTING", "IN_PROGRESS"):
+            return rec
+        with self.db.connect() as c:
+            j = c.execute(select(db.jobs.c.status, db.jobs.c.failure_message).where(
+                (db.jobs.c.id == rec["id"]) & (db.jobs.c.kind == "ingestion"))).first()
+        if j is None or j.status == "InProgress":
+            return rec
+        rec["status"] = {"Stopping": "STOPPING", "Stopped": "STOPPED",
+                         "Completed": "COMPLETE"}.get(j.status, "FAILED")
+        if j.failure_message:
+            rec["failure_reasons"] = [j.failure_message] + list(rec["failure_reasons"] or [])
+        return rec
 
     def fail_interrupted_jobs(self) -> int:
-        """At server start: jobs a previous process left running did not finish."""
+        """At server start: syncs a previous process left running did not finish (jobs of the
+        job system resume instead)."""
         t = db.ingestion_jobs
+        managed = select(db.jobs.c.id).where(db.jobs.c.kind == "ingestion")
         with self.db.begin() as c:
-            r = c.execute(update(t).where(t.c.status.in_(["STARTING", "IN_PROGRESS"])).values(
+            r = c.execute(update(t).where(t.c.status.in_(["STARTING", "IN_PROGRESS"])
+                                          & t.c.id.not_in(managed)).values(
                 status="FAILED", updated_at=db.now(), failure_reasons=[
                     "interrupted: the server stopped during this ingestion job; start it "
                     "again (documents already indexed are not redone)"]))

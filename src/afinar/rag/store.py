@@ -18,6 +18,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -67,7 +68,9 @@ class LanceStore:
 
         self.path, self.dim = Path(path), dim
         self.path.mkdir(parents=True, exist_ok=True)
-        self.db = lancedb.connect(str(self.path))
+        # read_consistency_interval 0: every read sees what another process (an ingestion
+        # job's worker) committed
+        self.db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
         self.schema = pa.schema([
             ("chunk_id", pa.string()), ("doc_key", pa.string()), ("text", pa.string()),
             ("parent_text", pa.string()), ("start", pa.int32()), ("end", pa.int32()),

@@ -81,7 +81,6 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         yield
         if service.scheduler:
             service.scheduler.shutdown()
-        knowledge.close()
         if "engine" in lazy:
             lazy["engine"].close()
 
@@ -145,7 +144,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         from afinar.inference.embed import DEFAULT_EMBEDDING_MODEL
         return knowledge.kbs.embedder({"embedding_model": DEFAULT_EMBEDDING_MODEL})
 
-    knowledge = KnowledgeService(settings, get_engine, service.serving_id, service.engine)
+    knowledge = KnowledgeService(settings, get_engine, service)
     app.state.knowledge = knowledge
     app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder,
                                             settings.model_aliases))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 from afinar.errors import AfinarError, ConfigError
 from afinar.rag.kb import KnowledgeBases
@@ -22,7 +21,7 @@ from afinar.serve.errors import aws_error
 AGENT_OPERATIONS = (
     "CreateKnowledgeBase", "GetKnowledgeBase", "ListKnowledgeBases", "DeleteKnowledgeBase",
     "CreateDataSource", "GetDataSource", "ListDataSources", "DeleteDataSource",
-    "StartIngestionJob", "GetIngestionJob", "ListIngestionJobs",
+    "StartIngestionJob", "StopIngestionJob", "GetIngestionJob", "ListIngestionJobs",
     "IngestKnowledgeBaseDocuments", "DeleteKnowledgeBaseDocuments",
     "GetKnowledgeBaseDocuments", "ListKnowledgeBaseDocuments")
 AGENT_RUNTIME_OPERATIONS = ("Retrieve", "RetrieveAndGenerate")
@@ -56,17 +55,16 @@ def _page(items: list, p: dict, default: int = 100) -> tuple[list, str | None]:
 
 
 class KnowledgeService:
-    def __init__(self, settings, get_engine, serving_id, engine_db=None):
+    def __init__(self, settings, get_engine, jobs):
+        from afinar.jobs.ingestion import IngestionJobs
+
         self.settings = settings
-        self.kbs = KnowledgeBases(settings, engine_db)
+        self.kbs = KnowledgeBases(settings, jobs.engine)
         self.kbs.fail_interrupted_jobs()
-        self.get_engine, self.serving_id = get_engine, serving_id
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="afinar-ingest")
+        self.get_engine, self.serving_id = get_engine, jobs.serving_id
+        self.ingestions = IngestionJobs(jobs, self.kbs)  # run by the job system's workers
         self.sessions: collections.OrderedDict[str, list] = collections.OrderedDict()
         self.lock = threading.Lock()
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- shapes ------------------------------------------------------------------------------
     def _kb_out(self, kb: dict) -> dict:
@@ -198,26 +196,13 @@ class KnowledgeService:
     # -- ingestion jobs --------------------------------------------------------------------
     @api_errors
     def start_ingestion(self, p: dict) -> dict:
-        src = self.kbs.get_source(p["knowledgeBaseId"], p["dataSourceId"])
-        if src["uri"] is None:
-            raise validation("this is a CUSTOM data source: ingest its documents with "
-                             "IngestKnowledgeBaseDocuments")
-        with self.lock:
-            running = [j for j in self.kbs.list_ingestion_jobs(src["kb_id"], src["id"])
-                       if j["status"] in ("STARTING", "IN_PROGRESS")]
-            if running:
-                raise ApiError("ConflictException", f"ingestion job {running[0]['id']} is "
-                               f"still {running[0]['status']} for this data source")
-            job = self.kbs.new_ingestion_job(src["kb_id"], src["id"], p.get("description"))
-        self.executor.submit(self._run_ingestion, src["kb_id"], src["id"], job["id"])
-        return {"ingestionJob": self._job_out(job)}
+        return {"ingestionJob": self._job_out(self.ingestions.start(
+            p["knowledgeBaseId"], p["dataSourceId"], p.get("description")))}
 
-    def _run_ingestion(self, kb_id: str, source_id: str, job_id: str) -> None:
-        import logging
-        try:
-            self.kbs.sync(kb_id, source_id, job_id=job_id)
-        except Exception:  # recorded on the job (FAILED with the reason) by sync()
-            logging.getLogger("afinar.server").exception("ingestion job %s failed", job_id)
+    @api_errors
+    def stop_ingestion(self, p: dict) -> dict:
+        return {"ingestionJob": self._job_out(self.ingestions.stop(
+            p["knowledgeBaseId"], p["dataSourceId"], p["ingestionJobId"]))}
 
     @api_errors
     def get_ingestion(self, p: dict) -> dict:
@@ -423,6 +408,7 @@ AGENT_HANDLERS = {
     "ListDataSources": KnowledgeService.list_ds,
     "DeleteDataSource": KnowledgeService.delete_ds,
     "StartIngestionJob": KnowledgeService.start_ingestion,
+    "StopIngestionJob": KnowledgeService.stop_ingestion,
     "GetIngestionJob": KnowledgeService.get_ingestion,
     "ListIngestionJobs": KnowledgeService.list_ingestions,
     "IngestKnowledgeBaseDocuments": KnowledgeService.ingest_documents,
