@@ -134,3 +134,46 @@ def test_cli_script_mode(scripts, tmp_path, tiny_model_dir):
                         "--source-dir", str(src), "--name", "cli-fail"], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 1 and "column label missing" in r.stderr
+
+
+def test_script_runs_are_jobs_of_the_store(scripts, settings):
+    """A script run is a job of kind "script": its events, its end and its failure message
+    are in the one store; a stop asked through the store ends the script (Stopped)."""
+    import threading
+    import time
+
+    from afinar import db
+    from afinar.jobs.scripts import run_foreground
+    from afinar.jobs.service import JobService
+    from afinar.jobs.store import set_fields
+
+    src, _ = scripts
+    (src / "slow.py").write_text("import time\nprint('started', flush=True)\n"
+                                 "time.sleep(600)\n")
+    res = run_foreground(settings, "fail.py", source_dir=str(src), name="failing-job")
+    svc = JobService(settings)
+    with svc.engine.connect() as c:
+        row = c.execute(db.jobs.select().where(db.jobs.c.name == "failing-job")).first()
+    assert row.kind == "script" and row.status == "Failed" and res.status == "Failed"
+    assert "column label missing" in row.failure_message
+    assert any("fail.py" in e["message"] for e in svc.job_events("failing-job")["events"])
+
+    def stop_when_started():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with svc.engine.connect() as c:
+                r = c.execute(db.jobs.select().where(db.jobs.c.name == "slow-job")).first()
+            log = settings.runs_dir / "slow-job" / "logs" / "script.log"
+            if r is not None and log.exists() and "started" in log.read_text():
+                set_fields(svc.engine, r.id, status="Stopping")
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=stop_when_started)
+    t.start()
+    res = run_foreground(settings, "slow.py", source_dir=str(src), name="slow-job")
+    t.join()
+    assert res.status == "Stopped" and res.seconds < 300
+    with svc.engine.connect() as c:
+        assert c.execute(db.jobs.select().where(db.jobs.c.name == "slow-job")).first(
+            ).status == "Stopped"

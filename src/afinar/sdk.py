@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 
 from afinar.config import Settings, load_settings
-from afinar.training.script import ScriptFailed, ScriptResult, run_script
+from afinar.jobs.scripts import run_foreground
+from afinar.training.script import ScriptFailed, ScriptResult
 
 
 class HuggingFace:
@@ -48,10 +49,10 @@ class HuggingFace:
         if job_name is None and self.base_job_name:
             from datetime import UTC, datetime
             job_name = f"{self.base_job_name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-        res = run_script(self.entry_point, self.settings, source_dir=self.source_dir,
-                         hyperparameters=self.hyperparameters, inputs=channels, name=job_name,
-                         output_dir=self.output_path,
-                         stream=(lambda s: print(s, end="")) if logs else None)
+        res = run_foreground(self.settings, self.entry_point, source_dir=self.source_dir,
+                             hyperparameters=self.hyperparameters, inputs=channels,
+                             name=job_name, output_dir=self.output_path,
+                             stream=(lambda s: print(s, end="")) if logs else None)
         self.latest_training_job = res
         if res.status != "Completed":
             raise ScriptFailed(f"training job {res.name} failed: {res.failure_message}")

@@ -263,7 +263,8 @@ def add_train(sub) -> None:
 
 
 def cmd_train_script(args) -> int:
-    from afinar.training.script import ScriptFailed, parse_hyperparameters, run_script
+    from afinar.jobs.scripts import run_foreground
+    from afinar.training.script import ScriptFailed, parse_hyperparameters
 
     channels = {}
     for c in args.channel:
@@ -275,7 +276,7 @@ def cmd_train_script(args) -> int:
         channels.setdefault("train", args.train_data)
     if getattr(args, "validation_data", None):
         channels.setdefault("validation", args.validation_data)
-    res = run_script(args.script, _settings(args), source_dir=args.source_dir,
+    res = run_foreground(_settings(args), args.script, source_dir=args.source_dir,
                      hyperparameters=parse_hyperparameters(args.hyperparameters),
                      inputs=channels, name=getattr(args, "name", None),
                      output_dir=getattr(args, "output_dir", None),

@@ -38,7 +38,7 @@ class ScriptFailed(AfinarError):
 @dataclass
 class ScriptResult:
     name: str
-    status: str  # Completed | Failed
+    status: str  # Completed | Failed | Stopped
     exit_code: int
     job_dir: Path
     model_dir: Path
@@ -99,6 +99,18 @@ def run_script(entry_point: str, settings: Settings, *, source_dir: str | None =
                hyperparameters: dict | None = None, inputs: dict[str, str] | None = None,
                name: str | None = None, output_dir: str | None = None,
                stream=None) -> ScriptResult:
+    """Prepare the job folder and run the script in it, in the foreground."""
+    spec = prepare_script(entry_point, settings, source_dir=source_dir,
+                          hyperparameters=hyperparameters, inputs=inputs, name=name,
+                          output_dir=output_dir)
+    return execute_script(spec, settings, stream=stream)
+
+
+def prepare_script(entry_point: str, settings: Settings, *, source_dir: str | None = None,
+                   hyperparameters: dict | None = None, inputs: dict[str, str] | None = None,
+                   name: str | None = None, output_dir: str | None = None) -> dict:
+    """Check the request, copy the code, fetch the channels; the run's spec (plain JSON:
+    the job system keeps it as the script job's request)."""
     src_dir = Path(source_dir).expanduser().resolve() if source_dir else \
         Path(entry_point).expanduser().resolve().parent
     script = src_dir / entry_point if source_dir else Path(entry_point).expanduser().resolve()
@@ -111,7 +123,8 @@ def run_script(entry_point: str, settings: Settings, *, source_dir: str | None =
     if custom_model_record(settings, name) is not None:
         raise ConfigError(f"a custom model named '{name}' already exists",
                           hint="pass another --name")
-    job_dir = Path(output_dir).expanduser() if output_dir else settings.runs_dir / name
+    job_dir = (Path(output_dir).expanduser() if output_dir else settings.runs_dir / name
+               ).resolve()
     if job_dir.exists() and any(job_dir.iterdir()):
         raise ConfigError(f"output folder {job_dir} is not empty", hint="pass another --name "
                           "or --output-dir")
@@ -126,8 +139,7 @@ def run_script(entry_point: str, settings: Settings, *, source_dir: str | None =
     import torch  # SM_NUM_GPUS: what the script will see
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     user_args = [x for k, v in hps.items() for x in (f"--{k}", _arg(v))]
-    env = dict(os.environ)
-    env.update({
+    env = {
         "SM_MODEL_DIR": str(model_dir), "SM_OUTPUT_DATA_DIR": str(out_dir / "data"),
         "SM_OUTPUT_DIR": str(out_dir), "SM_INPUT_DIR": str(job_dir / "input"),
         "SM_INPUT_DATA_DIR": str(job_dir / "input" / "data"),
@@ -142,22 +154,49 @@ def run_script(entry_point: str, settings: Settings, *, source_dir: str | None =
             "model_dir": str(model_dir), "output_data_dir": str(out_dir / "data"),
             "current_host": HOST, "hosts": [HOST], "num_gpus": n_gpus,
             "user_entry_point": script.name, "job_name": name}),
-    })
+    }
     for k, v in hps.items():
         env[f"SM_HP_{k.upper()}"] = _arg(v)
     for k, v in channels.items():
         env[f"SM_CHANNEL_{k.upper()}"] = str(v)
-    log = job_dir / "logs" / "script.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     meta = {"name": name, "entry_point": script.name, "source_dir": str(src_dir),
             "hyperparameters": hps, "inputs": inputs or {}, "status": "InProgress",
             "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     (job_dir / "job.json").write_text(json.dumps(meta, indent=2))
+    return {"name": name, "job_dir": str(job_dir), "argv": [str(code / script.name),
+                                                            *user_args],
+            "env": env, "meta": meta}
+
+
+def execute_script(spec: dict, settings: Settings, *, stream=None,
+                   should_stop=None) -> ScriptResult:
+    """Run a prepared script (its log in logs/script.log, streamed to `stream`); a stop asked
+    for (`should_stop`, polled each second) terminates it (status Stopped). What it wrote to
+    the model dir becomes a custom model when it is a Hugging Face model."""
+    import threading
+
+    job_dir, meta, name = Path(spec["job_dir"]), dict(spec["meta"]), spec["name"]
+    model_dir, code = job_dir / "model", job_dir / "code"
+    hps = meta["hyperparameters"]
+    log = job_dir / "logs" / "script.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, str(code / script.name), *user_args],
-                                cwd=code, env=env, stdout=subprocess.PIPE,
+    stopped = threading.Event()
+    with open(log, "ab") as f:
+        proc = subprocess.Popen([sys.executable, *spec["argv"]], cwd=code,
+                                env={**os.environ, **spec["env"]}, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
+
+        def watch() -> None:
+            while proc.poll() is None:
+                if should_stop():
+                    stopped.set()
+                    proc.terminate()
+                    return
+                time.sleep(1)
+
+        if should_stop is not None:
+            threading.Thread(target=watch, daemon=True).start()
         for line in proc.stdout:
             f.write(line)
             f.flush()
@@ -167,18 +206,22 @@ def run_script(entry_point: str, settings: Settings, *, source_dir: str | None =
     seconds = time.time() - t0
     failure = None
     registered = False
-    if rc != 0:
+    if stopped.is_set():
+        status = "Stopped"
+    elif rc != 0:
+        status = "Failed"
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
         failure = f"the training script exited with status {rc}; last lines of its log:\n" + \
             "\n".join(tail)
     else:
+        status = "Completed"
         registered = _register(settings, name, model_dir, hps, meta)
-    meta |= {"status": "Completed" if rc == 0 else "Failed", "exit_code": rc,
+    meta |= {"status": status, "exit_code": rc,
              "seconds": round(seconds, 1), "failure_message": failure,
              "custom_model": name if registered else None,
              "ended_at": datetime.now(UTC).isoformat(timespec="seconds")}
     (job_dir / "job.json").write_text(json.dumps(meta, indent=2))
-    return ScriptResult(name, meta["status"], rc, job_dir, model_dir, log, seconds, registered,
+    return ScriptResult(name, status, rc, job_dir, model_dir, log, seconds, registered,
                         failure)
 
 
