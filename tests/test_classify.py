@@ -48,8 +48,11 @@ def _cfg(tmp_path, model, **kw):
     base = {"type": "classify", "train_data": str(write_jsonl(tmp_path / "tr.jsonl",
                                                               _rows(150, 1))),
             "validation_data": str(write_jsonl(tmp_path / "va.jsonl", _rows(60, 2))),
-            "base_model": str(model), "method": "full", "epochs": 8, "batch_size": 16,
-            "learning_rate": 5e-3, "warmup_steps": 0, "max_length": 32, "name": "clf",
+            # a randomly initialised 2-layer encoder: lr 5e-3 without warmup left it stuck
+            # confusing two classes (loss floor ~0.46) on transformers 5.24; warmup and 2e-3
+            # learn all three at every seed tried
+            "base_model": str(model), "method": "full", "epochs": 10, "batch_size": 16,
+            "learning_rate": 2e-3, "warmup_steps": 10, "max_length": 32, "name": "clf",
             "output_dir": str(tmp_path / "run"), "checkpoint_every": 0, "threads": 2}
     base.update(kw)
     return parse_train_config(base)

@@ -49,6 +49,11 @@ def test_data_split_and_train_and_eval(tmp_path, capsys, tiny_model_dir):
     rep = json.loads(out)
     assert rc == 0 and [m["id"] for m in rep["models"]] == [str(tiny_model_dir), "cli-run"]
     assert (tmp_path / "rep" / "report.md").exists()
+    # the evaluation is a job of the store: the console's evaluation page lists it
+    from afinar.config import load_settings
+    from afinar.jobs.service import JobService
+    evs = JobService(load_settings()).evaluations.list_afinar()
+    assert [(e["status"], e["models"]) for e in evs] == [("Completed", ["cli-run"])]
     rc, out, _ = run(capsys, "generate", "--model", "cli-run", "--max-new-tokens", "3",
                      "Colour of sky?", "--json")
     assert rc == 0 and json.loads(out)[0]["prompt"] == "Colour of sky?"

@@ -422,7 +422,8 @@ def add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from afinar.eval.compare import compare, format_table, write_report
+    from afinar.eval.compare import format_table
+    from afinar.jobs.evaluate import run_foreground
 
     _quiet_libraries()
     settings = _settings(args)
@@ -430,14 +431,19 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--output-dir {args.output_dir} is a file, not a folder",
                           hint="name a folder (it is created if missing)")
     bar = TqdmProgress(disable=args.quiet or args.json)
-    report, runs = compare(args.model, args.data, settings, compare_base=args.compare_base,
-                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                           limit=args.limit, progress=bar)
+    data = args.data if "://" in args.data else str(Path(args.data).expanduser().resolve())
+    body = {"models": list(args.model), "data": data,
+            "compareBase": args.compare_base, "maxExamples": args.limit,
+            "maxNewTokens": args.max_new_tokens, "batchSize": args.batch_size}
+    name, report, folder = run_foreground(
+        settings, {k: v for k, v in body.items() if v is not None}, bar)
     bar.close()
     if args.output_dir:
-        paths = write_report(report, args.output_dir, run_dirs=runs)
+        import shutil
+        shutil.copytree(folder, args.output_dir, dirs_exist_ok=True)
         if not args.json:
-            out(f"report: {paths['markdown']} and {paths['html']}")
+            out(f"report: {Path(args.output_dir) / 'report.md'} and "
+                f"{Path(args.output_dir) / 'report.html'} (evaluation job {name})")
     if args.json:
         dump_json(report)
         return 0

@@ -13,15 +13,18 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from afinar.config import Settings
 from afinar.jobs.store import add_event, set_fields
-from afinar.progress import ProgressEvent
+from afinar.progress import ProgressCallback, ProgressEvent, null_progress
 from afinar.storage import Storage
 
 
-def run_evaluation(engine, row, settings: Settings, should_stop: Callable[[], bool]) -> str:
-    """'Completed' or 'Stopped'; errors raise (the worker fails the job with them)."""
+def run_evaluation(engine, row, settings: Settings, should_stop: Callable[[], bool],
+                   on_progress: ProgressCallback = null_progress) -> str:
+    """'Completed' or 'Stopped'; errors raise (the worker fails the job with them).
+    `on_progress` also sees the progress (the CLI's bar)."""
     from afinar.eval.automated import Evaluation, Stopped
     from afinar.eval.compare import compare, format_table, write_report
 
@@ -30,6 +33,7 @@ def run_evaluation(engine, row, settings: Settings, should_stop: Callable[[], bo
     state = {"last": 0.0}
 
     def progress(ev: ProgressEvent) -> None:
+        on_progress(ev)
         now = time.time()
         if ev.total and (now - state["last"] > 10 or ev.current == ev.total):
             state["last"] = now
@@ -39,10 +43,13 @@ def run_evaluation(engine, row, settings: Settings, should_stop: Callable[[], bo
 
     if "afinar" in row.request:  # afinar's own: models compared on one dataset
         b = row.request["afinar"]
-        data = storage.fetch(storage.locate(b["data"], "data"), jobdir / "inputs", "data")
+        data = b["data"] if row.request.get("local") and "://" not in b["data"] else storage.fetch(
+            storage.locate(b["data"], "data"), jobdir / "inputs", "data")
         report, runs = compare(b["models"], str(data), settings,
                                compare_base=bool(b.get("compareBase")),
-                               limit=b.get("maxExamples"), progress=progress)
+                               limit=b.get("maxExamples"), progress=progress,
+                               max_new_tokens=b.get("maxNewTokens"),
+                               batch_size=b.get("batchSize") or 16)
         write_report(report, jobdir / "report", run_dirs=runs)
         return "Completed"
 
@@ -70,3 +77,28 @@ def run_evaluation(engine, row, settings: Settings, should_stop: Callable[[], bo
                                                "summary": res["summary"]})
     return "Completed"
 
+
+
+def run_foreground(settings: Settings, body: dict,
+                   progress: ProgressCallback = null_progress) -> tuple[str, dict, Path]:
+    """`afinar eval`: the evaluation as a job of the store (the console lists it), run here.
+    (job name, report, report folder); a failure fails the job and raises."""
+    import os
+
+    from afinar.errors import AfinarError
+    from afinar.jobs.service import JobService
+    from afinar.jobs.store import finish
+
+    svc = JobService(settings)
+    name = svc.evaluations.create_afinar(body, local=True)["id"]
+    row = svc.evaluations._row(name)
+    set_fields(svc.engine, row.id, worker_pid=os.getpid(), attempts=1)
+    try:
+        run_evaluation(svc.engine, row, settings, lambda: False, progress)
+    except (AfinarError, KeyboardInterrupt) as e:
+        finish(svc.engine, row.id, "Failed" if isinstance(e, AfinarError) else "Stopped",
+               failure=str(e).replace("\n  hint: ", ". Hint: ") or None)
+        raise
+    finish(svc.engine, row.id, "Completed", note="report written")
+    rep = settings.jobs_dir / row.id / "report"
+    return name, json.loads((rep / "report.json").read_text(encoding="utf-8")), rep

@@ -264,26 +264,31 @@ class EvaluationJobs:
         return out
 
     # -- afinar's own evaluations ------------------------------------------------------------
-    def create_afinar(self, body: dict) -> dict:
-        """{"models", "data", "compareBase", "maxExamples"} -> the evaluation's afinar shape."""
-        unknown = set(body) - {"models", "data", "compareBase", "maxExamples"}
+    def create_afinar(self, body: dict, local: bool = False) -> dict:
+        """{"models", "data", "compareBase", "maxExamples", "maxNewTokens", "batchSize"} -> the
+        evaluation's afinar shape. `local`: created by `afinar eval` for the machine's user,
+        who may name any path or hub id (over HTTP, ids and data are confined)."""
+        fields = ("models", "data", "compareBase", "maxExamples", "maxNewTokens", "batchSize")
+        unknown = set(body) - set(fields)
         if unknown:
             raise InvalidRequest(f"unknown field(s) {sorted(unknown)[:5]}; an evaluation takes "
-                                 f"models, data, compareBase, maxExamples")
+                                 f"{', '.join(fields)}")
         models = body.get("models")
         if not isinstance(models, list) or not 0 < len(models) <= MAX_MODELS or not all(
                 isinstance(m, str) and m for m in models):
             raise InvalidRequest(f"'models' must be a list of 1-{MAX_MODELS} model ids")
-        for i, m in enumerate(models):
-            self._served(m, f"models[{i}]")
         if not isinstance(body.get("data"), str):
             raise InvalidRequest("'data' must be a URI (s3://, file://) or a path")
-        self._locate(body["data"], "data")
-        limit = body.get("maxExamples")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or not 1 <= limit <= 1_000_000):
-            raise InvalidRequest(f"'maxExamples' must be an integer from 1 to 1000000; got "
-                                 f"{json.dumps(limit)[:40]}")
+        if not local:
+            for i, m in enumerate(models):
+                self._served(m, f"models[{i}]")
+            self._locate(body["data"], "data")
+        for k, hi in (("maxExamples", 1_000_000), ("maxNewTokens", 32768), ("batchSize", 1024)):
+            v = body.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                                  or not 1 <= v <= hi):
+                raise InvalidRequest(f"'{k}' must be an integer from 1 to {hi}; got "
+                                     f"{json.dumps(v)[:40]}")
         if not isinstance(body.get("compareBase", False), bool):
             raise InvalidRequest("'compareBase' must be true or false")
         s = self.svc
@@ -292,7 +297,8 @@ class EvaluationJobs:
         name = "eval-" + secrets.token_hex(6)
         row = dict(id=job_id, arn=s.arns.evaluation_job(job_id), name=name, client_token=None,
                    status="InProgress", customization_type="", base_model=models[0],
-                   base_model_arn="", output_model_name="", request={"afinar": body},
+                   base_model_arn="", output_model_name="",
+                   request={"afinar": body, "local": local},
                    status_details={}, created_at=now, updated_at=now, attempts=0, kind=KIND)
         s.add_job(row, f"evaluation created: {', '.join(models)} on {body['data']}")
         return self.get_afinar(name)

@@ -64,6 +64,7 @@ class JobService:
 
     def __init__(self, settings: Settings, engine: Engine | None = None):
         self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
         self.engine = engine or db.connect(settings.db_url)
         self.arns = Arns(settings)
         self.storage = Storage(settings)
