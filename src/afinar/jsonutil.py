@@ -6,6 +6,7 @@ skips: duplicate keys (the last one silently won), nesting too deep for the code
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 MAX_DEPTH = 64
@@ -70,3 +71,17 @@ def _check_string(s: str, path: str) -> None:
     except UnicodeEncodeError as e:
         raise JSONProblem(f"'{path[:120] or '$'}' contains an unpaired surrogate "
                           f"({s[e.start]!a}), which is not valid Unicode") from None
+
+
+def jsonl(path) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, record, problem) per non-empty line of a JSONL file: the record is None
+    and the problem says why when the line is not valid JSON (parsed by `loads`)."""
+    from pathlib import Path
+
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, loads(line), None
+        except JSONProblem as e:
+            yield n, None, f"invalid JSON: {e.message}"

@@ -33,6 +33,7 @@ from pathlib import Path
 from afinar.config import Settings
 from afinar.errors import DataError, Issue
 from afinar.eval.judge import BUILTIN, Judge, Rubric, custom_rubric, mean
+from afinar.jsonutil import jsonl
 from afinar.progress import ProgressCallback, ProgressEvent, null_progress
 
 ALGORITHMIC = {"Builtin.Accuracy", "exact_match", "valid_json", "field_accuracy", "rouge_l"}
@@ -68,14 +69,10 @@ def read_model_dataset(path: Path, limit: int | None = None) -> list[dict]:
     from afinar.data.readers import read_records
     from afinar.data.schema import normalize
 
-    raw = path.read_text(encoding="utf-8").splitlines()
-    first = next((ln for ln in raw if ln.strip()), "")
-    try:
-        bedrock = isinstance(json.loads(first), dict) and "prompt" in json.loads(first) and (
-            "referenceResponse" in first or "category" in first or "modelResponses" in first
-            or len(json.loads(first)) == 1)
-    except json.JSONDecodeError:
-        bedrock = False
+    first = next(jsonl(path), (0, None, None))[1]
+    # afinar's prompt/completion records have a completion; Bedrock's a referenceResponse
+    bedrock = isinstance(first, dict) and isinstance(first.get("prompt"), str) and \
+        "completion" not in first
     if not bedrock:
         norm = normalize(read_records(str(path)))
         if norm.issues:
@@ -87,13 +84,9 @@ def read_model_dataset(path: Path, limit: int | None = None) -> list[dict]:
                for e in norm.examples]
         return out[:limit] if limit else out
     out, issues = [], []
-    for n, line in enumerate(raw, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            issues.append(Issue(f"invalid JSON: {e.msg}", n))
+    for n, rec, problem in jsonl(path):
+        if problem:
+            issues.append(Issue(problem, n))
             continue
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) \
                 or not rec["prompt"].strip():
@@ -126,13 +119,9 @@ def read_rag_dataset(path: Path) -> list[dict]:
     "referenceResponses": [{"content": [{"text"}]}], "referenceSources"?: [names]}]} (one
     turn; `referenceSources`, afinar's, names the documents a retriever should find)."""
     out, issues = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            issues.append(Issue(f"invalid JSON: {e.msg}", n))
+    for n, rec, problem in jsonl(path):
+        if problem:
+            issues.append(Issue(problem, n))
             continue
         turns = rec.get("conversationTurns") if isinstance(rec, dict) else None
         if not isinstance(turns, list) or len(turns) != 1 or not isinstance(turns[0], dict):

@@ -371,20 +371,9 @@ class EvaluationJobs:
         return self._shape(self._row(ident))
 
     def list(self, p: dict) -> dict:
-        from afinar.jobs.service import page
+        from afinar.jobs.service import list_filters, page
 
-        conds = [db.jobs.c.kind == KIND]
-        if p.get("nameContains"):
-            conds.append(db.jobs.c.name.contains(p["nameContains"], autoescape=True))
-        if p.get("creationTimeAfter"):
-            conds.append(db.jobs.c.created_at > p["creationTimeAfter"])
-        if p.get("creationTimeBefore"):
-            conds.append(db.jobs.c.created_at < p["creationTimeBefore"])
-        if p.get("statusEquals"):
-            conds.append(db.jobs.c.status == p["statusEquals"])
-        asc = p.get("sortOrder") == "Ascending"
-        order = (db.jobs.c.created_at.asc(), db.jobs.c.id.asc()) if asc else (
-            db.jobs.c.created_at.desc(), db.jobs.c.id.desc())
+        conds, order = list_filters(KIND, p)
         with self.svc.engine.connect() as c:
             rows = c.execute(select(db.jobs).where(and_(*conds)).order_by(*order)).all()
         out = []

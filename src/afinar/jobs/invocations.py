@@ -101,18 +101,11 @@ class InvocationJobs:
         return self._shape(self._row(ident))
 
     def list(self, p: dict) -> dict:
-        from afinar.jobs.service import page
+        from afinar.jobs.service import list_filters, page
 
-        conds = [db.jobs.c.kind == KIND]
-        if p.get("nameContains"):
-            conds.append(db.jobs.c.name.contains(p["nameContains"], autoescape=True))
-        if p.get("submitTimeAfter"):
-            conds.append(db.jobs.c.created_at > p["submitTimeAfter"])
-        if p.get("submitTimeBefore"):
-            conds.append(db.jobs.c.created_at < p["submitTimeBefore"])
-        asc = p.get("sortOrder") == "Ascending"
-        order = (db.jobs.c.created_at.asc(), db.jobs.c.id.asc()) if asc else (
-            db.jobs.c.created_at.desc(), db.jobs.c.id.desc())
+        # statusEquals is matched on the shape: Submitted is derived
+        conds, order = list_filters(KIND, p, "submitTimeAfter", "submitTimeBefore",
+                                    by_status=False)
         with self.svc.engine.connect() as c:
             rows = c.execute(select(db.jobs).where(and_(*conds)).order_by(*order)).all()
         shapes = [self._shape(r) for r in rows]

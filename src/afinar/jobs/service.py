@@ -214,19 +214,8 @@ class JobService:
                    db.jobs.c.status_details, db.jobs.c.base_model_arn, db.jobs.c.created_at,
                    db.jobs.c.updated_at, db.jobs.c.end_time, db.jobs.c.output_model_arn,
                    db.jobs.c.output_model_name, db.jobs.c.customization_type)
-        conds = [db.jobs.c.kind == CUSTOMIZATION]
-        if p.get("statusEquals"):
-            conds.append(db.jobs.c.status == p["statusEquals"])
-        if p.get("nameContains"):
-            conds.append(db.jobs.c.name.contains(p["nameContains"], autoescape=True))
-        if p.get("creationTimeAfter"):
-            conds.append(db.jobs.c.created_at > p["creationTimeAfter"])
-        if p.get("creationTimeBefore"):
-            conds.append(db.jobs.c.created_at < p["creationTimeBefore"])
+        conds, order = list_filters(CUSTOMIZATION, p)
         q = q.where(and_(*conds))
-        asc = p.get("sortOrder") == "Ascending"
-        order = (db.jobs.c.created_at.asc(), db.jobs.c.id.asc()) if asc else (
-            db.jobs.c.created_at.desc(), db.jobs.c.id.desc())
         limit = p.get("maxResults") or DEFAULT_PAGE
         offset = _decode_token(p.get("nextToken"))
         with self.engine.connect() as c:
@@ -472,6 +461,24 @@ class JobService:
         if mid not in found:
             raise NotFound(f"no foundation model '{ident}'; available: {', '.join(found)}")
         return {"modelDetails": found[mid]}
+
+
+def list_filters(kind: str, p: dict, after: str = "creationTimeAfter",
+                 before: str = "creationTimeBefore", by_status: bool = True) -> tuple:
+    """The List operations' filters (kind, statusEquals, nameContains, times) as SQL
+    conditions, and their sortOrder by creation time."""
+    conds = [db.jobs.c.kind == kind]
+    if by_status and p.get("statusEquals"):
+        conds.append(db.jobs.c.status == p["statusEquals"])
+    if p.get("nameContains"):
+        conds.append(db.jobs.c.name.contains(p["nameContains"], autoescape=True))
+    if p.get(after):
+        conds.append(db.jobs.c.created_at > p[after])
+    if p.get(before):
+        conds.append(db.jobs.c.created_at < p[before])
+    if p.get("sortOrder") == "Ascending":
+        return conds, (db.jobs.c.created_at.asc(), db.jobs.c.id.asc())
+    return conds, (db.jobs.c.created_at.desc(), db.jobs.c.id.desc())
 
 
 def _when(iso: str | None) -> dt.datetime:

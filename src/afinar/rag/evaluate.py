@@ -16,13 +16,9 @@ def read_questions(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: no such file", issues=[])
     out, issues = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = jsonutil.loads(line)
-        except jsonutil.JSONProblem as e:
-            issues.append(Issue(f"invalid JSON: {e.message}", n, file=str(path)))
+    for n, obj, problem in jsonutil.jsonl(path):
+        if problem:
+            issues.append(Issue(problem, n, file=str(path)))
             continue
         for f in ("question", "expected_source"):
             if not isinstance(obj, dict) or not isinstance(obj.get(f), str) or not obj[f].strip():
