@@ -42,7 +42,8 @@ def test_evaluate_two_models_reports_differences(tmp_path, settings, tiny_model_
     train(parse_train_config({"train_data": str(data), "base_model": str(tiny_model_dir),
                               "method": "full", "epochs": 8, "learning_rate": 1e-2,
                               "name": "colors", "output_dir": str(tmp_path / "run"),
-                              "checkpoint_every": 0, "precision": "fp32"}), settings)
+                              "checkpoint_every": 0, "precision": "fp32",
+                              "validation_split": 0}), settings)
     test = write_jsonl(tmp_path / "test.jsonl", mapping_rows(8))
     # fp32: on a CPU with fast bf16 a 64-wide random model's margins are within bf16 rounding
     rep = evaluate([str(tiny_model_dir), "colors"], str(test), settings, max_new_tokens=4,

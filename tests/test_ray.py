@@ -137,7 +137,7 @@ def test_a_killed_ray_worker_fails_its_job_with_the_reason(tmp_path, tiny_model_
 
 
 def _training(s: Server, name: str) -> tuple[str, str]:
-    """A customization job long enough (640 steps) to be caught training; (ARN, job id)."""
+    """A customization job long enough (575 steps) to be caught training; (ARN, job id)."""
     bedrock = s.client()
     arn = _create(bedrock, name, f"{name}-model", s.put("ft/train.jsonl", mapping_rows(128)),
                   hp={"epochCount": "5", "batchSize": "1", "learningRate": "0.01"})

@@ -51,8 +51,9 @@ def test_full_finetune_learns_mapping_exactly(tmp_path, tiny_model_dir, settings
     assert base != COLORS  # a random model cannot answer
     # fp32 throughout: on a CPU with fast bf16, autocast training and bf16 greedy decoding of a
     # 64-wide random model land within bf16 rounding of the answer (measured: 2 of 4 right)
+    # validation_split 0: every example trains (a hold-out of 16 left one colour unlearnt)
     cfg = _cfg(tmp_path, tiny_model_dir, rows=160, method="full", epochs=8, learning_rate=1e-2,
-               precision="fp32")
+               precision="fp32", validation_split=0)
     res = train(cfg, settings)
     tuned = generate(load("tiny-run", settings, precision="fp32"), prompts, max_new_tokens=4)
     assert tuned == COLORS, (res, tuned)
@@ -260,3 +261,40 @@ def test_packed_batch_equals_padded_batch(tmp_path, tiny_model_dir, settings):
     assert float(a[0]) == pytest.approx(float(b[0]), rel=1e-4)
     res = tr.fit()
     assert res.train_loss < res.first_loss - 0.3
+
+
+def test_hold_out_keep_best_and_early_stopping(tmp_path, tiny_model_dir, settings):
+    """No validation file: a seeded share of the training data is held out (and said so);
+    the output keeps the best validation's weights; early stopping ends a run whose
+    validations stop improving."""
+    import math
+
+    # a learning rate high enough that validation loss goes up and down
+    cfg = _cfg(tmp_path, tiny_model_dir, rows=120, epochs=3, learning_rate=0.3, eval_every=1,
+               precision="fp32")
+    tr = Trainer(cfg, settings).prepare()
+    assert len(tr.valid.encoded) == 12 and len(tr.train.encoded) == 108
+    assert any("held out 12 of 120 training examples" in w for w in tr.warnings)
+    res = tr.fit()
+    vcsv = tmp_path / "run" / "validation_artifacts" / "post_fine_tuning_validation" / \
+        "validation_metrics.csv"
+    with vcsv.open() as f:
+        losses = {int(r["step_number"]): float(r["validation_loss"]) for r in csv.DictReader(f)}
+    best_step = min(losses, key=losses.get)
+    assert best_step != max(losses), losses  # the last step is not the best one here
+    assert res.best_step == best_step and math.isclose(res.validation["validation_loss"],
+                                                       losses[best_step], rel_tol=1e-5)
+    assert any(f"kept the weights of step {best_step}" in w for w in res.warnings)
+    # the weights in the model are the best step's: validating them again gives its loss
+    assert math.isclose(tr.validate()["validation_loss"], losses[best_step], rel_tol=1e-5)
+
+    # early stopping: a threshold no validation can beat stops after `patience` of them
+    cfg = _cfg(tmp_path / "es", tiny_model_dir, rows=120, epochs=3, eval_every=2,
+               early_stopping_patience=2, early_stopping_threshold=10.0,
+               output_dir=str(tmp_path / "es" / "run"))
+    res = train(cfg, settings)
+    assert res.early_stopped and res.status == "completed" and res.steps == 6 < res.total_steps
+    assert any("early stopping at step 6" in w for w in res.warnings)
+    # Bedrock's names for them
+    assert parse_train_config({"train_data": "x.jsonl", "earlyStoppingPatience": 3,
+                               "earlyStoppingThreshold": 0.01}).early_stopping_patience == 3

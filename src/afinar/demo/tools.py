@@ -130,7 +130,9 @@ def run_tools_demo(opts: ToolsDemoOptions, settings: Settings,
         "learning_rate": opts.learning_rate, "lora_r": opts.lora_r,
         "lora_alpha": opts.lora_r * 2, "lora_layers": opts.lora_layers,
         "max_length": opts.max_length, "seed": opts.seed, "checkpoint_every": 0,
-        "lora_dropout": 0.0, "warmup_steps": 5, "merge": False}), settings, progress)
+        "lora_dropout": 0.0, "warmup_steps": 5, "merge": False,
+        # every example trains: the demo measures on its own held-out requests (above)
+        "validation_split": 0}), settings, progress)
     train_s = time.time() - t
     say(f"    {result.steps} steps, loss {result.first_loss:.3f} -> {result.train_loss:.3f}, "
         f"{result.tokens_per_second:.0f} tokens/s, {train_s:.0f} s")

@@ -151,7 +151,10 @@ def run(job_id: str, settings: Settings) -> int:
 
         # -- training --------------------------------------------------------------------------
         set_phase(engine, job_id, "trainingDetails", "InProgress")
+        seen = len(trainer.warnings)
         res = trainer.fit()
+        for w in res.warnings[seen:]:  # early stopping, the best step's weights kept
+            add_event(engine, job_id, w)
         if res.status == "stopped":
             return stopped()
         metrics = {"trainingLoss": round(float(res.train_loss), 6)} \

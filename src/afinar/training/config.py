@@ -25,6 +25,8 @@ BEDROCK_ALIASES = {
     "batchSize": "batch_size",
     "learningRate": "learning_rate",
     "learningRateWarmupSteps": "warmup_steps",
+    "earlyStoppingPatience": "early_stopping_patience",
+    "earlyStoppingThreshold": "early_stopping_threshold",
 }
 
 # Settings a request's hyperparameters may not set: they name files, folders or models, or
@@ -100,6 +102,19 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="Validate every N steps (0: at checkpoints and "
                                                  "at the end).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    validation_split: float = Field(
+        0.1, ge=0, le=0.5, description="sft/classify without validation_data: hold out this "
+        "share of the training examples (at least 5, at most 200; only when there are "
+        "100 or more) to validate on during training. 0: no hold-out.")
+    keep_best: bool = Field(True, description="With validation during training: the output is "
+                            "the weights of the best validation (lowest loss), not the last.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=100, description="Stop when this many validations in a row have not "
+        "improved the best validation loss by more than early_stopping_threshold (needs "
+        "validation data or a hold-out).")
+    early_stopping_threshold: float = Field(
+        0.0, ge=0, le=10, description="The validation-loss improvement that counts for early "
+        "stopping.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 where the hardware runs it fast (AMX/AVX512-BF16 CPUs, "
         "CUDA), else fp32. Trainable weights and optimizer state stay fp32.")

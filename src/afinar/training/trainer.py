@@ -35,6 +35,9 @@ from afinar.training.data import PreparedData, prepare
 from afinar.training.loss import SelectiveLMLoss
 from afinar.training.metrics import MetricsWriter, perplexity
 
+HOLD_OUT_MIN_EXAMPLES = 100  # fewer: every example is needed for training
+HOLD_OUT_MAX = 200
+
 
 @dataclass
 class TrainResult:
@@ -52,6 +55,51 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     initial_validation: dict | None = None  # cpt: held-out metrics before training
     classification: dict | None = None  # classify: accuracy, macro-F1, confusion matrix
+    best_step: int | None = None  # the step whose weights were kept (keep_best)
+    early_stopped: bool = False
+
+
+class _Best:
+    """The best validation so far: its weights (keep_best; a copy of the trainable tensors on
+    the CPU: the adapter for LoRA) and the count of validations without improvement
+    (early_stopping_patience / early_stopping_threshold)."""
+
+    def __init__(self, cfg: TrainConfig, fsdp: bool):
+        self.cfg, self.keep = cfg, cfg.keep_best and not fsdp  # FSDP: shards; not kept
+        self.loss: float | None = None
+        self.step: int | None = None
+        self.val: dict | None = None
+        self.state: dict | None = None
+        self.bad = 0
+        self.kept = False
+
+    def consider(self, val: dict | None, step: int, trainer) -> bool:
+        """Record a validation; True when early stopping says stop."""
+        if val is None:
+            return False
+        loss = val["validation_loss"]
+        if self.loss is None or loss < self.loss - self.cfg.early_stopping_threshold:
+            self.bad = 0
+        else:
+            self.bad += 1
+        if self.loss is None or loss < self.loss:
+            self.loss, self.step, self.val = loss, step, val
+            if self.keep:  # a copy: on the CPU trainable_state's tensors are the live ones
+                self.state = {k: v.clone() for k, v in trainer.trainable_state().items()}
+        return bool(self.cfg.early_stopping_patience) and \
+            self.bad >= self.cfg.early_stopping_patience
+
+    def restore(self, step: int, trainer) -> bool:
+        """Put the best weights back when they are not the last step's."""
+        if not self.keep or self.state is None or self.step == step:
+            return False
+        model = trainer.accel.unwrap_model(trainer.loss_mod).model
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in self.state.items():
+                params[k].copy_(v.to(params[k].device, params[k].dtype))
+        self.kept = True
+        return True
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -193,6 +241,29 @@ class Trainer:
             build_initial_model(cfg, tok, init)
         return ResolvedModel(ident, "local", str(init), lineage=[ident])
 
+    def _hold_out(self) -> None:
+        """No validation data: validate on a seeded share of the training examples
+        (validation_split), when there are enough of them to spare."""
+        import dataclasses
+        import random
+
+        cfg, data = self.cfg, self.train
+        n_all = len(data.encoded)
+        if cfg.validation_split <= 0 or n_all < HOLD_OUT_MIN_EXAMPLES:
+            return
+        n = min(HOLD_OUT_MAX, max(5, round(n_all * cfg.validation_split)))
+        idx = list(range(n_all))
+        random.Random(cfg.seed * 7919 + 1).shuffle(idx)
+        held = set(idx[:n])
+        self.valid = dataclasses.replace(
+            data, encoded=[data.encoded[i] for i in sorted(held)], warnings=[])
+        self.train = dataclasses.replace(
+            data, encoded=[e for i, e in enumerate(data.encoded) if i not in held])
+        self.warnings.append(
+            f"no validation data: held out {n} of {n_all} training examples "
+            f"(validation_split={cfg.validation_split}) to validate on during training"
+            + (" and keep the best weights" if cfg.keep_best else ""))
+
     def prepare(self, resume: bool = False):
         cfg = self.cfg
         self.resume_from = self._check_output_dir(resume)
@@ -225,6 +296,8 @@ class Trainer:
             if cfg.validation_data:
                 self.valid = prepare(cfg.validation_data, self.tokenizer, cfg.max_length,
                                      cfg.skip_invalid, role="validation")
+        if self.valid is None and cfg.type != "cpt":
+            self._hold_out()
         self.warnings += self.train.warnings + (self.valid.warnings if self.valid else [])
         _set_seed(cfg.seed)
         # each process places its model on its own device (cuda:<local rank> under torchrun)
@@ -323,6 +396,7 @@ class Trainer:
         lengths = self.lengths
         step, t0, tokens, first_loss, last_loss = start_step, time.time(), 0, None, None
         last_val, status = None, "completed"
+        best, early, validated_at = _Best(cfg, self.fsdp), False, None
         epoch, b = start_epoch, start_batch
         initial_val = None
         if cfg.type == "cpt" and self.valid is not None and self.resume_from is None:
@@ -358,24 +432,41 @@ class Trainer:
                     if (cfg.eval_every and step % cfg.eval_every == 0) or (
                             at_ckpt and not cfg.eval_every):
                         last_val = self._validate_and_log(writer, step, epoch)
-                    stop = self._agree_stop()
+                        if best.consider(last_val, step, self):
+                            early, validated_at = True, step
+                    stop = self._agree_stop() or early
                     if at_ckpt or stop:
                         self._save(step, epoch, b)
                     if stop:
-                        status = "stopped"
+                        status = "completed" if early else "stopped"
                         break
-                if status == "stopped" or step >= self.total_steps:
+                if early or status == "stopped" or step >= self.total_steps:
                     break
         except KeyboardInterrupt:
             self._save(step, epoch, b)
             raise
         if status == "completed":
-            last_val = self._validate_and_log(writer, step, epoch) if self.valid else None
-            self._save(step, epoch, b)
+            if validated_at != step:
+                last_val = self._validate_and_log(writer, step, epoch) if self.valid else None
+                best.consider(last_val, step, self)
+            if not early:
+                self._save(step, epoch, b)
+            if early:
+                self.warnings.append(
+                    f"early stopping at step {step}: {cfg.early_stopping_patience} "
+                    f"validation(s) without improving the best loss by more than "
+                    f"{cfg.early_stopping_threshold}")
+            if best.restore(step, self):
+                self.warnings.append(
+                    f"kept the weights of step {best.step} (validation loss "
+                    f"{best.loss:.4f}) rather than the last step's "
+                    f"({last_val['validation_loss']:.4f})")
+                last_val = best.val
         secs = time.time() - t0
         res = TrainResult(self.name, self.out, status, step, self.total_steps, last_loss,
                           first_loss, last_val, tokens * self.world / max(secs, 1e-9), secs,
-                          warnings=self.warnings, initial_validation=initial_val)
+                          warnings=self.warnings, initial_validation=initial_val,
+                          best_step=best.step if best.kept else None, early_stopped=early)
         if status == "completed" and self.cfg.type == "classify" and self.valid is not None:
             res.classification = self.classification_report()
         # under FSDP the full weights exist only once gathered, which every process joins
