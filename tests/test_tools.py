@@ -283,9 +283,12 @@ def test_tiny_model_learns_to_call_the_right_tool(tmp_path, tiny_model_dir, sett
     data = write_jsonl(tmp_path / "tools.jsonl", tool_rows(160))
     assert check_file(data).ok
     train(parse_train_config({"train_data": str(data), "base_model": str(tiny_model_dir),
-                              "method": "full", "epochs": 10, "learning_rate": 2e-2,
+                              # 2e-2 plateaued at loss 0.065 choosing one tool for all
+                              # (transformers 5.24); 1e-2 learns the choice (loss 0.008)
+                              "method": "full", "epochs": 10, "learning_rate": 1e-2,
                               "name": "tool-caller", "output_dir": str(tmp_path / "run"),
-                              "checkpoint_every": 0, "precision": "fp32"}), settings)
+                              "checkpoint_every": 0, "precision": "fp32",
+                              "validation_split": 0}), settings)
     tools = [{"name": t["function"]["name"], "description": t["function"]["description"],
               "parameters": t["function"]["parameters"]} for t in (WEATHER, TIME)]
     e = Engine(Settings(home=settings.home), precision="fp32")  # see test_training
