@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {t:<16} base {r['base'] * 100:5.1f}%  tuned {r['tuned'] * 100:5.1f}%  "
               f"train {r['train_seconds']:6.0f} s  ({r['steps']} steps)", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\n| task | base EM | tuned EM | train s |\n|---|---|---|---|")
+    print("\n| task | base EM | tuned EM | train s |\n|---|---|---|---|")
     for r in results:
         print(f"| {r['task']} | {r['base'] * 100:.1f}% | {r['tuned'] * 100:.1f}% | "
               f"{r['train_seconds']:.0f} |")
