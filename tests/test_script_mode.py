@@ -177,3 +177,26 @@ def test_script_runs_are_jobs_of_the_store(scripts, settings):
     with svc.engine.connect() as c:
         assert c.execute(db.jobs.select().where(db.jobs.c.name == "slow-job")).first(
             ).status == "Stopped"
+
+
+def test_a_server_start_watches_a_running_foreground_job(settings):
+    """A script job the CLI is running is watched by a server that starts meanwhile, not run a
+    second time; one whose process is gone is queued again (resumed as other kinds are)."""
+    import os
+
+    from afinar.jobs.scheduler import Scheduler
+    from afinar.jobs.scripts import submit
+    from afinar.jobs.service import JobService
+    from afinar.jobs.store import set_fields
+
+    svc = JobService(settings)
+    spec = {"name": "fg", "job_dir": str(settings.home / "runs" / "fg"), "argv": [],
+            "env": {}, "meta": {"entry_point": "train.py", "source_dir": "/src"}}
+    live = submit(svc, spec)
+    set_fields(svc.engine, live, worker_pid=os.getpid())
+    gone = submit(svc, dict(spec, name="fg-gone"))
+    set_fields(svc.engine, gone, worker_pid=2 ** 22 + 12345)  # no such process
+    sched = Scheduler(settings, svc.engine)
+    sched.recover()
+    assert live in sched.running and live not in sched.queue
+    assert gone in sched.queue and gone not in sched.running

@@ -83,6 +83,11 @@ class LocalExecutor:
         return _Orphan(pid) if alive else None
 
 
+def adopt_process(pid: int | None):
+    """A job run in the foreground by another process (the CLI, the SDK) while it lives."""
+    return _Orphan(pid) if pid and pid > 0 and Path(f"/proc/{pid}").exists() else None
+
+
 class _Orphan:
     """A local worker this server did not start: watched through /proc."""
 

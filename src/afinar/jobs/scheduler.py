@@ -80,6 +80,11 @@ class Scheduler:
                 db.jobs.c.created_at)).all()
         for r in rows:
             handle = self.executor.adopt(r.id, r.attempts, r.worker_pid)
+            if handle is None and _foreground(r):
+                # run by the CLI or the SDK in their own process (`afinar eval`, script
+                # mode): watched while that process lives, never started a second time
+                from afinar.jobs.executors import adopt_process
+                handle = adopt_process(r.worker_pid)
             if handle is not None:  # still running (on Ray): watched, not started again
                 self.running[r.id] = handle
                 add_event(self.engine, r.id, "the server restarted; its worker still runs "
@@ -194,6 +199,10 @@ class Scheduler:
                    failure=None if end == "Stopped" else
                    f"{why}. Checkpoints and logs are kept in {log.parent}" +
                    (f"; last log lines: {tail}" if tail else ""))
+
+
+def _foreground(r) -> bool:
+    return r.kind == "script" or bool((r.request or {}).get("local"))
 
 
 def _tail_lines(p: Path, n: int) -> str:
