@@ -298,3 +298,32 @@ def test_hold_out_keep_best_and_early_stopping(tmp_path, tiny_model_dir, setting
     # Bedrock's names for them
     assert parse_train_config({"train_data": "x.jsonl", "earlyStoppingPatience": 3,
                                "earlyStoppingThreshold": 0.01}).early_stopping_patience == 3
+
+
+def test_structured_answers_are_scored_by_generation_during_validation(tmp_path, tiny_model_dir,
+                                                                       settings):
+    """Where the answers are JSON, validation also generates answers for a sample and reports
+    their exact match; the kept weights are those of the best exact match."""
+    rows = [{"messages": [{"role": "user", "content": f"Thing {t}?"},
+                          {"role": "assistant", "content": json.dumps({"colour": c})}]}
+            for t, c in zip(THINGS * 30, COLORS * 30, strict=True)]
+    data = write_jsonl(tmp_path / "json.jsonl", rows)
+    cfg = parse_train_config({"train_data": str(data), "base_model": str(tiny_model_dir),
+                              "output_dir": str(tmp_path / "run"), "name": "json-run",
+                              "method": "full", "epochs": 8, "learning_rate": 1e-2,
+                              "eval_every": 10, "checkpoint_every": 0, "precision": "fp32"})
+    tr = Trainer(cfg, settings).prepare()
+    assert len(tr.gen_sample) == 12  # the hold-out (12 of 120), all JSON answers
+    first = tr.validate()["validation_exact_match"]
+    seen = []
+    tr.progress = lambda ev: seen.append(ev.metrics["validation_exact_match"]) \
+        if ev.stage == "validate" else None
+    res = tr.fit()
+    kept = res.validation["validation_exact_match"]
+    assert first == 0.0 and kept >= 0.75 and kept == max(seen), (res.validation, seen)
+    tr.model.eval()
+    assert tr._sample_exact_match() == kept  # the weights in the model are the kept ones
+    # plain-text answers: no generation during validation
+    tr2 = Trainer(_cfg(tmp_path / "plain", tiny_model_dir, rows=120,
+                       output_dir=str(tmp_path / "plain" / "run")), settings).prepare()
+    assert tr2.gen_sample == [] and "validation_exact_match" not in tr2.validate()

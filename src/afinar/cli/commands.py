@@ -332,7 +332,9 @@ def cmd_train(args) -> int:
     if res.validation:
         v = res.validation
         out(f"  validation loss {v['validation_loss']:.4f}, perplexity {v['perplexity']:.3f}, "
-            f"token accuracy {v['token_accuracy']:.3f}")
+            f"token accuracy {v['token_accuracy']:.3f}" + (
+                f", exact match on a sample {v['validation_exact_match']:.0%}"
+                if "validation_exact_match" in v else ""))
     out(f"  output: {res.output_dir}")
     if res.status == "stopped":
         out(f"  resume with: afinar train --output-dir {res.output_dir} --resume ...")

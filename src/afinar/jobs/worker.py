@@ -133,8 +133,10 @@ def run(job_id: str, settings: Settings) -> int:
                           f"{ev.metrics['loss']:.4f} token accuracy {ev.metrics.get('acc', 0):.3f} "
                           f"{ev.metrics.get('tok/s', 0)} tokens/s")
             elif ev.stage == "validate" and ev.metrics:
+                em = ev.metrics.get("validation_exact_match")
                 add_event(engine, job_id, f"validation at step {ev.current}: loss "
-                          f"{ev.metrics['validation_loss']:.4f}")
+                          f"{ev.metrics['validation_loss']:.4f}" + (
+                              f", exact match on a sample {em:.0%}" if em is not None else ""))
             elif ev.stage not in ("train", "validate") and ev.total is None and ev.metrics:
                 add_event(engine, job_id, f"{ev.stage}: {ev.message or ev.metrics}")
 

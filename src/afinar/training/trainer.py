@@ -37,6 +37,7 @@ from afinar.training.metrics import MetricsWriter, perplexity
 
 HOLD_OUT_MIN_EXAMPLES = 100  # fewer: every example is needed for training
 HOLD_OUT_MAX = 200
+GEN_SAMPLE = 16  # validation examples answered by generation when answers are JSON
 
 
 @dataclass
@@ -60,9 +61,10 @@ class TrainResult:
 
 
 class _Best:
-    """The best validation so far: its weights (keep_best; a copy of the trainable tensors on
-    the CPU: the adapter for LoRA) and the count of validations without improvement
-    (early_stopping_patience / early_stopping_threshold)."""
+    """The best validation so far (the highest sample exact match where answers are JSON, then
+    the lowest loss): its weights (keep_best; a copy of the trainable tensors on the CPU: the
+    adapter for LoRA), and the count of validations that did not lower the best loss by more
+    than early_stopping_threshold (early_stopping_patience)."""
 
     def __init__(self, cfg: TrainConfig, fsdp: bool):
         self.cfg, self.keep = cfg, cfg.keep_best and not fsdp  # FSDP: shards; not kept
@@ -70,6 +72,8 @@ class _Best:
         self.step: int | None = None
         self.val: dict | None = None
         self.state: dict | None = None
+        self.score: tuple = ()
+        self.lowest: float | None = None  # the lowest validation loss (early stopping)
         self.bad = 0
         self.kept = False
 
@@ -78,12 +82,14 @@ class _Best:
         if val is None:
             return False
         loss = val["validation_loss"]
-        if self.loss is None or loss < self.loss - self.cfg.early_stopping_threshold:
+        if self.lowest is None or loss < self.lowest - self.cfg.early_stopping_threshold:
             self.bad = 0
         else:
             self.bad += 1
-        if self.loss is None or loss < self.loss:
-            self.loss, self.step, self.val = loss, step, val
+        self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+        score = (val.get("validation_exact_match", 0.0), -loss)  # exact match first, if any
+        if self.loss is None or score > self.score:
+            self.loss, self.step, self.val, self.score = loss, step, val, score
             if self.keep:  # a copy: on the CPU trainable_state's tensors are the live ones
                 self.state = {k: v.clone() for k, v in trainer.trainable_state().items()}
         return bool(self.cfg.early_stopping_patience) and \
@@ -298,6 +304,7 @@ class Trainer:
                                      cfg.skip_invalid, role="validation")
         if self.valid is None and cfg.type != "cpt":
             self._hold_out()
+        self.gen_sample = self._structured_sample()
         self.warnings += self.train.warnings + (self.valid.warnings if self.valid else [])
         _set_seed(cfg.seed)
         # each process places its model on its own device (cuda:<local rank> under torchrun)
@@ -372,10 +379,60 @@ class Trainer:
                                                      b["attention_mask"], b.get("position_ids"))
             tot += torch.stack([loss_sum.double(), n.double(), correct.double()])
         tot = self.accel.reduce(tot, reduction="sum")
-        self.model.train()
         loss = float(tot[0] / tot[1].clamp(min=1))
-        return {"validation_loss": loss, "perplexity": perplexity(loss),
-                "token_accuracy": float(tot[2] / tot[1].clamp(min=1))}
+        out = {"validation_loss": loss, "perplexity": perplexity(loss),
+               "token_accuracy": float(tot[2] / tot[1].clamp(min=1))}
+        if self.gen_sample:
+            out["validation_exact_match"] = self._sample_exact_match()
+        self.model.train()
+        return out
+
+    def _structured_sample(self) -> list[tuple[list[int], str]]:
+        """Up to GEN_SAMPLE validation examples whose answers are JSON (structured outputs):
+        (prompt ids, reference text). Empty otherwise, or where generation during training
+        is not cheap (several processes)."""
+        from afinar.data.tokenize import IGNORE_INDEX
+        from afinar.eval.metrics import parse_json
+
+        if self.cfg.type != "sft" or self.valid is None or self.accel.num_processes > 1:
+            return []
+        out = []
+        for e in self.valid.encoded[:GEN_SAMPLE]:
+            lab = [i for i, x in enumerate(e.labels) if x != IGNORE_INDEX]
+            if not lab:
+                continue
+            start = lab[-1]  # the last answer: its labelled run, back to its first token
+            while start - 1 in lab:
+                start -= 1
+            ref = self.tokenizer.decode(e.input_ids[start:lab[-1] + 1],
+                                        skip_special_tokens=True).strip()
+            ok, val = parse_json(ref)
+            if not ok or not isinstance(val, (dict, list)):
+                return []
+            out.append((e.input_ids[:start], ref))
+        return out
+
+    def _sample_exact_match(self) -> float:
+        """Greedy answers to the structured sample, exact match (JSON as values)."""
+        from afinar.eval.metrics import exact_match
+
+        tok, model = self.tokenizer, self.accel.unwrap_model(self.loss_mod).model
+        n = max(len(tok(r, add_special_tokens=False)["input_ids"]) for _, r in self.gen_sample)
+        width = max(len(p) for p, _ in self.gen_sample)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = torch.full((len(self.gen_sample), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (p, _) in enumerate(self.gen_sample):  # left-padded: answers start together
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        dev = self.accel.device
+        with self._autocast():
+            gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                 max_new_tokens=n + 8, do_sample=False, use_cache=True,
+                                 pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+        hits = sum(exact_match(tok.decode(g[width:], skip_special_tokens=True).strip(), r)
+                   for g, (_, r) in zip(gen, self.gen_sample, strict=True))
+        return hits / len(self.gen_sample)
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
