@@ -1,10 +1,10 @@
 """One job, run in its own process: `python -m afinar.jobs.worker JOB_ID`.
 
 The job's kind decides what runs: a batch-inference job (jobs/batch.py), an evaluation
-(jobs/evaluate.py), a knowledge-base ingestion (jobs/ingestion.py), a script-mode run (jobs/scripts.py), or a
-customization job: validation -> data processing -> training -> outputs, each phase recorded in the store. The job
-directory ($AFINAR_HOME/jobs/<id>) keeps the inputs, checkpoints, logs and the run; a restarted
-job resumes from its last checkpoint. SIGTERM (server shutdown) checkpoints and exits, leaving
+(jobs/evaluate.py), a knowledge-base ingestion (jobs/ingestion.py), a script-mode run
+(jobs/scripts.py), or a customization job: validation -> data processing -> training ->
+outputs, each phase recorded in the store. The job directory ($AFINAR_HOME/jobs/<id>) keeps
+the inputs, checkpoints, logs and the run; a restarted job resumes from its last checkpoint. SIGTERM (server shutdown) checkpoints and exits, leaving
 the job InProgress so the next server start resumes it.
 """
 
@@ -51,10 +51,6 @@ def run(job_id: str, settings: Settings) -> int:
         if state["shutdown"]:
             add_event(engine, job_id, "server shutting down: checkpoint saved, the job resumes "
                       "when the server starts again", "WARN")
-            return 0
-        if row.kind == "script":
-            from afinar.jobs.scripts import execute
-            execute(engine, row, settings, should_stop)
             return 0
         if row.kind == "ingestion":
             finish(engine, job_id, "Stopped", note="the documents indexed so far are kept")
