@@ -4,8 +4,9 @@ The job's kind decides what runs: a batch-inference job (jobs/batch.py), an eval
 (jobs/evaluate.py), a knowledge-base ingestion (jobs/ingestion.py), a script-mode run
 (jobs/scripts.py), or a customization job: validation -> data processing -> training ->
 outputs, each phase recorded in the store. The job directory ($AFINAR_HOME/jobs/<id>) keeps
-the inputs, checkpoints, logs and the run; a restarted job resumes from its last checkpoint. SIGTERM (server shutdown) checkpoints and exits, leaving
-the job InProgress so the next server start resumes it.
+the inputs, checkpoints, logs and the run; a restarted job resumes from its last checkpoint.
+SIGTERM (server shutdown) checkpoints and exits, leaving the job InProgress so the next server
+start resumes it.
 """
 
 from __future__ import annotations
