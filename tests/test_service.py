@@ -40,7 +40,7 @@ def _create(bedrock, name, model, train_uri, hp=None, **kw):
         **kw)["jobArn"]
 
 
-def _wait(bedrock, arn, until=("Completed", "Failed", "Stopped"), timeout=180, cond=None):
+def _wait(bedrock, arn, until=("Completed", "Failed", "Stopped"), timeout=600, cond=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         j = bedrock.get_model_customization_job(jobIdentifier=arn)
@@ -276,13 +276,13 @@ def test_bad_data_fails_fast_with_line_numbers(server):
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text("\n".join(lines) + "\n")
     j = _wait(bedrock, _create(bedrock, "bad-data", "m-bad", "s3://mi-bucket/d/bad.jsonl"),
-              timeout=60)
+              timeout=600)
     assert j["status"] == "Failed"
     assert j["statusDetails"]["validationDetails"]["status"] == "Failed"
     assert j["statusDetails"]["trainingDetails"]["status"] == "NotStarted"
     assert "line 3" in j["failureMessage"] and "line 6" in j["failureMessage"]
     missing = _wait(bedrock, _create(bedrock, "no-data", "m-none", "s3://mi-bucket/d/x.jsonl"),
-                    timeout=60)
+                    timeout=600)
     assert missing["status"] == "Failed" and "does not exist" in missing["failureMessage"]
 
 
@@ -301,11 +301,11 @@ def _training(j) -> bool:
 def test_stop_mid_training_keeps_checkpoints(server):
     bedrock = server.client()
     arn = _long_job(server, bedrock, "to-stop", "m-stop")
-    _wait(bedrock, arn, until=(), cond=_training, timeout=120)
+    _wait(bedrock, arn, until=(), cond=_training, timeout=600)
     bedrock.stop_model_customization_job(jobIdentifier=arn)
     st = bedrock.get_model_customization_job(jobIdentifier=arn)["status"]
     assert st in ("Stopping", "Stopped")
-    j = _wait(bedrock, arn, timeout=60)
+    j = _wait(bedrock, arn, timeout=600)
     assert j["status"] == "Stopped"
     assert j["statusDetails"]["trainingDetails"]["status"] == "Stopped"
     ckpts = list((server.home / "jobs" / arn[-12:] / "run" / "checkpoints").glob("step-*"))
@@ -321,10 +321,10 @@ def test_sigkill_of_worker_fails_job_with_reason_then_resume(server):
     arn = _long_job(server, bedrock, "to-kill", "m-kill")
     ck = server.home / "jobs" / arn[-12:] / "run" / "checkpoints"
     _wait(bedrock, arn, until=(), cond=lambda j: _training(j) and any(ck.glob("step-*")),
-          timeout=180)
+          timeout=600)
     pid = server.status()["running"][arn[-12:]]
     os.kill(pid, signal.SIGKILL)
-    j = _wait(bedrock, arn, timeout=60)
+    j = _wait(bedrock, arn, timeout=600)
     assert j["status"] == "Failed" and "SIGKILL" in j["failureMessage"]
     assert "%|" not in j["failureMessage"] and "it/s]" not in j["failureMessage"]
     assert (server.home / "jobs" / arn[-12:] / "worker.log").exists()
@@ -335,9 +335,9 @@ def test_sigkill_of_worker_fails_job_with_reason_then_resume(server):
 
     def resumed(_j) -> bool:
         return any("resuming from step-" in e["message"] for e in server.events(arn[-12:]))
-    _wait(bedrock, arn, until=(), cond=resumed, timeout=180)
+    _wait(bedrock, arn, until=(), cond=resumed, timeout=600)
     bedrock.stop_model_customization_job(jobIdentifier=arn)
-    assert _wait(bedrock, arn, timeout=180)["status"] in ("Stopped", "Completed")
+    assert _wait(bedrock, arn, timeout=600)["status"] in ("Stopped", "Completed")
 
 
 def test_server_sigkill_then_restart_resumes_from_checkpoint(server):
@@ -347,13 +347,13 @@ def test_server_sigkill_then_restart_resumes_from_checkpoint(server):
                   hp={"epochCount": "6", "batchSize": "2", "learningRate": "0.01",
                       "checkpoint_every": "20"})
     ck = server.home / "jobs" / arn[-12:] / "run" / "checkpoints"
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while not list(ck.glob("step-*")) and time.time() < deadline:
         time.sleep(0.2)
     assert list(ck.glob("step-*")), "no checkpoint written"
     worker = server.status()["running"][arn[-12:]]
     server.kill(signal.SIGKILL)
-    deadline = time.time() + 10
+    deadline = time.time() + 60
     while time.time() < deadline:  # the worker dies with the server
         try:
             os.kill(worker, 0)
@@ -364,7 +364,7 @@ def test_server_sigkill_then_restart_resumes_from_checkpoint(server):
         pytest.fail("worker outlived the server")
     server.start()
     bedrock = server.client()
-    j = _wait(bedrock, arn, timeout=180)
+    j = _wait(bedrock, arn, timeout=600)
     assert j["status"] == "Completed", j.get("failureMessage")
     with urllib.request.urlopen(f"{server.url}/afinar/jobs/survivor/events") as r:
         log = " ".join(e["message"] for e in json.loads(r.read())["events"])
@@ -431,7 +431,7 @@ def test_postgresql_job_store(tmp_path, tiny_model_dir, postgres_url):
         train = srv.put("d/train.jsonl", mapping_rows(32))
         arn = _create(bedrock, "pg-job", "pg-model", train,
                       hp={"epochCount": "1", "learningRate": "0.01"})
-        j = _wait(bedrock, arn, timeout=120)
+        j = _wait(bedrock, arn, timeout=600)
         assert j["status"] == "Completed", j.get("failureMessage")
         jobs = bedrock.list_model_customization_jobs()["modelCustomizationJobSummaries"]
         assert [x["jobName"] for x in jobs] == ["pg-job"]
@@ -464,7 +464,7 @@ def test_continued_pre_training_job(server):
     assert float(rows[-1]["training_loss"]) < float(rows[0]["training_loss"]) - 0.5
     assert bedrock.get_custom_model(modelIdentifier="m-cpt")["customizationType"] == \
         "CONTINUED_PRE_TRAINING"
-    ft = _wait(bedrock, _create(bedrock, "ft-on-text", "m-x", uri), timeout=60)
+    ft = _wait(bedrock, _create(bedrock, "ft-on-text", "m-x", uri), timeout=600)
     assert ft["status"] == "Failed" and "CONTINUED_PRE_TRAINING" in ft["failureMessage"]
 
 
@@ -512,10 +512,10 @@ def test_s3_compatible_endpoint(tmp_path, tiny_model_dir, monkeypatch):
                 trainingDataConfig={"s3Uri": "s3://remote-bucket/ft/train.jsonl"},
                 outputDataConfig={"s3Uri": "s3://remote-bucket/out/"},
                 hyperParameters={"epochCount": "1", "learningRate": "0.01"})["jobArn"]
-            j = _wait(bedrock, arn, timeout=120)
+            j = _wait(bedrock, arn, timeout=600)
             assert j["status"] == "Completed", j.get("failureMessage")
             missing = _wait(bedrock, _create(bedrock, "remote-missing", "m-r2",
-                                             "s3://remote-bucket/ft/nope.jsonl"), timeout=60)
+                                             "s3://remote-bucket/ft/nope.jsonl"), timeout=600)
             assert missing["status"] == "Failed" and "cannot read" in missing["failureMessage"]
         finally:
             srv.kill(signal.SIGTERM)
