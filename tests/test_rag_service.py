@@ -36,7 +36,7 @@ def srv(tmp_path_factory, tiny_model_dir):
     s.kill(signal.SIGTERM)
 
 
-def _wait(agent, kb, ds, job, timeout=180):
+def _wait(agent, kb, ds, job, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline:
         j = agent.get_ingestion_job(knowledgeBaseId=kb, dataSourceId=ds,
