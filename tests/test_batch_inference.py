@@ -27,7 +27,7 @@ def _records(n: int, start: int = 0) -> list:
         for i in range(start, start + n)]
 
 
-def _wait(client, arn: str, timeout: float = 300) -> dict:
+def _wait(client, arn: str, timeout: float = 900) -> dict:
     deadline = time.time() + timeout
     while True:
         job = client.get_model_invocation_job(jobIdentifier=arn)

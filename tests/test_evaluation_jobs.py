@@ -24,7 +24,7 @@ def srv(tmp_path_factory, tiny_model_dir):
     s.kill()
 
 
-def _wait(client, arn: str, timeout: float = 400) -> dict:
+def _wait(client, arn: str, timeout: float = 900) -> dict:
     deadline = time.time() + timeout
     while True:
         job = client.get_evaluation_job(jobIdentifier=arn)
