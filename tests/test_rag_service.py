@@ -47,6 +47,21 @@ def _wait(agent, kb, ds, job, timeout=600):
     raise TimeoutError(f"ingestion job {job} did not finish")
 
 
+def make_kb(agent, name: str, bucket: str, prefix: str | None = None) -> tuple[str, str]:
+    """A knowledge base on MiniLM with one S3 data source; (knowledge base id, source id)."""
+    kb_id = agent.create_knowledge_base(
+        name=name, roleArn=ROLE, knowledgeBaseConfiguration={
+            "type": "VECTOR", "vectorKnowledgeBaseConfiguration": {
+                "embeddingModelArn": EMBED_ARN}})["knowledgeBase"]["knowledgeBaseId"]
+    s3 = {"bucketArn": f"arn:aws:s3:::{bucket}"}
+    if prefix:
+        s3["inclusionPrefixes"] = [prefix]
+    ds_id = agent.create_data_source(
+        knowledgeBaseId=kb_id, name=name, dataSourceConfiguration={
+            "type": "S3", "s3Configuration": s3})["dataSource"]["dataSourceId"]
+    return kb_id, ds_id
+
+
 def _code(e: pytest.ExceptionInfo) -> str:
     return e.value.response["Error"]["Code"]
 
@@ -202,15 +217,7 @@ def test_retrieve_and_generate_cites_the_right_document(tmp_path, tiny_model_dir
     try:
         agent, rt = _clients(srv)
         write_corpus(srv.home / "s3" / "kb-bucket" / "manuals")
-        kb_id = agent.create_knowledge_base(
-            name="manuals", roleArn=ROLE, knowledgeBaseConfiguration={
-                "type": "VECTOR", "vectorKnowledgeBaseConfiguration": {
-                    "embeddingModelArn": EMBED_ARN}})["knowledgeBase"]["knowledgeBaseId"]
-        ds_id = agent.create_data_source(
-            knowledgeBaseId=kb_id, name="m", dataSourceConfiguration={
-                "type": "S3", "s3Configuration": {"bucketArn": "arn:aws:s3:::kb-bucket",
-                                                  "inclusionPrefixes": ["manuals/"]}},
-        )["dataSource"]["dataSourceId"]
+        kb_id, ds_id = make_kb(agent, "manuals", "kb-bucket", "manuals/")
         job = agent.start_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id)
         assert _wait(agent, kb_id, ds_id, job["ingestionJob"]["ingestionJobId"])[
             "status"] == "COMPLETE"
@@ -245,14 +252,7 @@ def test_ingestion_is_a_job_that_stops_and_resumes(srv):
     for i in range(300):
         (bucket / f"note-{i:03d}.txt").write_text(f"Note {i}: the code word for item {i} is "
                                                   f"w{i * 7919 % 10007}.\n")
-    kb_id = agent.create_knowledge_base(
-        name="notes", roleArn=ROLE, knowledgeBaseConfiguration={
-            "type": "VECTOR", "vectorKnowledgeBaseConfiguration": {
-                "embeddingModelArn": EMBED_ARN}})["knowledgeBase"]["knowledgeBaseId"]
-    ds_id = agent.create_data_source(
-        knowledgeBaseId=kb_id, name="notes", dataSourceConfiguration={
-            "type": "S3", "s3Configuration": {"bucketArn": "arn:aws:s3:::many-bucket"}},
-    )["dataSource"]["dataSourceId"]
+    kb_id, ds_id = make_kb(agent, "notes", "many-bucket")
     job = agent.start_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id)["ingestionJob"]
     with pytest.raises(ClientError) as e:  # one at a time per data source
         agent.start_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id)
@@ -282,3 +282,4 @@ def test_ingestion_is_a_job_that_stops_and_resumes(srv):
         agent.stop_ingestion_job(knowledgeBaseId=kb_id, dataSourceId=ds_id,
                                  ingestionJobId=job2["ingestionJobId"])
     assert _code(e) == "ValidationException"
+    agent.delete_knowledge_base(knowledgeBaseId=kb_id)  # the module's server is shared

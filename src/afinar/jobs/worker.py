@@ -28,6 +28,14 @@ from afinar.progress import ProgressEvent
 from afinar.storage import Storage, StorageError
 
 MAX_LISTED_ERRORS = 20
+# kind -> (module, function(engine, row, settings, should_stop) -> "Completed" | "Stopped",
+# the note of a Completed job)
+RUNNERS = {
+    "batch-inference": ("afinar.jobs.batch", "run_batch",
+                        "every record has its line in the output"),
+    "ingestion": ("afinar.jobs.ingestion", "run_ingestion", "the data source is in sync"),
+    "evaluation": ("afinar.jobs.evaluate", "run_evaluation", "report in {jobdir}/report"),
+}
 
 
 def run(job_id: str, settings: Settings) -> int:
@@ -61,27 +69,18 @@ def run(job_id: str, settings: Settings) -> int:
         return 0
 
     try:
-        if row.kind == "batch-inference":
-            from afinar.jobs.batch import run_batch
-            if run_batch(engine, row, settings, should_stop) == "Stopped":
-                return stopped()
-            finish(engine, job_id, "Completed", note="every record has its line in the output")
-            return 0
         if row.kind == "script":
             from afinar.jobs.scripts import execute
-            execute(engine, row, settings, should_stop)
+            execute(engine, row, settings, should_stop)  # records its own end
             return 0
-        if row.kind == "ingestion":
-            from afinar.jobs.ingestion import run_ingestion
-            if run_ingestion(engine, row, settings, should_stop) == "Stopped":
+        if row.kind in RUNNERS:  # kinds whose runner says Completed or Stopped
+            import importlib
+
+            module, fn, note = RUNNERS[row.kind]
+            runner = getattr(importlib.import_module(module), fn)
+            if runner(engine, row, settings, should_stop) == "Stopped":
                 return stopped()
-            finish(engine, job_id, "Completed", note="the data source is in sync")
-            return 0
-        if row.kind == "evaluation":
-            from afinar.jobs.evaluate import run_evaluation
-            if run_evaluation(engine, row, settings, should_stop) == "Stopped":
-                return stopped()
-            finish(engine, job_id, "Completed", note=f"report in {jobdir / 'report'}")
+            finish(engine, job_id, "Completed", note=note.format(jobdir=jobdir))
             return 0
         # -- validation ----------------------------------------------------------------------
         set_phase(engine, job_id, "validationDetails", "InProgress")
