@@ -327,3 +327,68 @@ def test_structured_answers_are_scored_by_generation_during_validation(tmp_path,
     tr2 = Trainer(_cfg(tmp_path / "plain", tiny_model_dir, rows=120,
                        output_dir=str(tmp_path / "plain" / "run")), settings).prepare()
     assert tr2.gen_sample == [] and "validation_exact_match" not in tr2.validate()
+
+
+def test_auto_hyperparameters_follow_the_data_and_model(tmp_path):
+    """The rules of training/auto.py: what each data/model size gets, with a reason; explicit
+    values (afinar's or Bedrock's names) are never replaced."""
+    from afinar.training.auto import TARGET_STEPS, DataStats, resolve
+
+    def chosen(n, params=135e6, **kw):
+        cfg = parse_train_config({"train_data": "x.jsonl", **kw})
+        return resolve(cfg, DataStats(n, 60.0), params)
+
+    cfg, auto = chosen(360)  # the suite's size: 45 steps per epoch
+    assert (cfg.batch_size, cfg.epochs, cfg.lora_r, cfg.lora_alpha) == (8, 3, 16, 32)
+    assert cfg.epochs * 45 >= TARGET_STEPS > (cfg.epochs - 1) * 45 and cfg.lora_layers is None
+    assert cfg.learning_rate == 1e-3 and all(v["reason"] for v in auto.values())
+    assert chosen(400)[0].epochs == 2  # the demo's size
+    cfg, _ = chosen(30000, params=7e9)
+    assert (cfg.batch_size, cfg.epochs) == (32, 1) and cfg.learning_rate == 1.4e-4
+    cfg, _ = chosen(5000)
+    assert (cfg.batch_size, cfg.epochs) == (16, 1)
+    cfg, _ = chosen(20, params=None)  # tiny data: capped epochs; unknown size: a safe rate
+    assert cfg.epochs == 5 and cfg.learning_rate == 2e-4
+    cfg, auto = chosen(360, method="full")
+    assert cfg.learning_rate == 2e-5 and "lora_r" not in auto
+    assert chosen(360, type="cpt")[0].epochs == 1
+    # explicit values win, under either name, and are not reported as chosen
+    cfg, auto = chosen(360, epochCount="3", learningRate="0.0005", lora_layers=0, lora_r=8)
+    assert (cfg.epochs, cfg.learning_rate, cfg.lora_layers, cfg.lora_r, cfg.lora_alpha) == \
+        (3, 5e-4, None, 8, 16)
+    assert set(auto) == {"batch_size", "lora_alpha"}
+    with pytest.raises(ConfigError, match='epochs .*must be an integer or "auto"'):
+        parse_train_config({"train_data": "x.jsonl", "epochs": "many"})
+
+
+def test_model_parameters_estimate(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from afinar.training.auto import model_parameters
+
+    real = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(
+        str(tiny_model_dir)).parameters())
+    assert abs(model_parameters(tiny_model_dir) - real) / real < 0.05
+
+
+def test_auto_choices_are_printed_and_recorded(tmp_path, tiny_model_dir, settings, capsys):
+    from afinar.cli.main import main
+
+    data = write_jsonl(tmp_path / "train.jsonl", mapping_rows(120))
+    rc = main(["train", "--train-data", str(data), "--base-model", str(tiny_model_dir),
+               "--output-dir", str(tmp_path / "run"), "--name", "auto-run", "--epochs",
+               "auto", "--max-steps", "3", "--threads", "2", "--json"])
+    cap = capsys.readouterr()
+    res = json.loads(cap.out)
+    auto = res["auto_hyperparameters"]
+    assert rc == 0 and res["steps"] == 3
+    # 108 examples after the hold-out of 12: 14 batches of 8 per epoch, 5 epochs at most
+    assert auto["batch_size"]["value"] == 8 and auto["epochs"]["value"] == 5
+    assert "14 steps per epoch" in auto["epochs"]["reason"]
+    inputs = json.loads((tmp_path / "run" / "inputs.json").read_text())
+    assert inputs["auto"] == auto and inputs["config"]["epochs"] == 5
+    record = json.loads((tmp_path / "run" / "afinar_model.json").read_text())
+    assert record["auto_hyperparameters"] == auto
+    assert record["hyperparameters"]["learning_rate"] == auto["learning_rate"]["value"]
+    assert main(["train", "--train-data", str(data), "--epochs", "many"]) != 0
+    assert 'epochs (epochCount)\': must be an integer or "auto"' in capsys.readouterr().err

@@ -319,7 +319,8 @@ def cmd_train(args) -> int:
                "model_dir": str(res.model_dir) if res.model_dir else None, "steps": res.steps,
                "first_loss": res.first_loss, "train_loss": res.train_loss,
                "validation": res.validation, "tokens_per_second": round(res.tokens_per_second),
-               "seconds": round(res.seconds, 1), "warnings": res.warnings}
+               "seconds": round(res.seconds, 1), "warnings": res.warnings,
+               "auto_hyperparameters": res.auto}
     if args.json:
         dump_json(summary)
         return 0

@@ -29,12 +29,13 @@ class DemoOptions:
     train_examples: int = 400
     validation_examples: int = 20
     test_examples: int = 100
-    epochs: int = 2
-    batch_size: int = 8
-    learning_rate: float = 2e-3
-    lora_r: int = 16
-    lora_layers: int | None = 20  # top 2/3 of SmolLM2-135M's 30 layers: the backward pass
-    # stops below them (~25% faster on CPU) at no measured loss of accuracy here
+    # "auto": what `afinar train` chooses from the data and model (training/auto.py), as a new
+    # user's run gets it
+    epochs: int | str = "auto"
+    batch_size: int | str = "auto"
+    learning_rate: float | str = "auto"
+    lora_r: int | str = "auto"
+    lora_layers: int | str | None = "auto"
     max_length: int = 256
     seed: int = 0
     base_model: str | None = None
@@ -79,19 +80,23 @@ def run_demo(opts: DemoOptions, settings: Settings, progress: ProgressCallback =
     say(f"    train {parts['n_train']}, validation {parts['n_validation']}, test "
         f"{parts['n_test']} (stratified by operation: {parts['stratified']})")
 
-    say(f"[5/6] LoRA fine-tuning ({opts.epochs} epochs, batch {opts.batch_size}, "
-        f"lr {opts.learning_rate}, r {opts.lora_r})")
+    given = {k: getattr(opts, k) for k in ("epochs", "batch_size", "learning_rate", "lora_r",
+                                           "lora_layers") if getattr(opts, k) != "auto"}
+    say("[5/6] LoRA fine-tuning (" + (", ".join(f"{k} {v}" for k, v in given.items()) + "; "
+                                      if given else "") + "the rest chosen from the data)")
     name = f"stripe-demo-{stamp}"
     cfg = parse_train_config({
         "train_data": str(parts["train"]), "validation_data": str(parts["validation"]),
         "base_model": base, "output_dir": str(out / "model"), "name": name,
         "epochs": opts.epochs, "batch_size": opts.batch_size,
         "learning_rate": opts.learning_rate, "lora_r": opts.lora_r,
-        "lora_alpha": opts.lora_r * 2, "lora_layers": opts.lora_layers, "max_length": opts.max_length, "seed": opts.seed,
+        "lora_alpha": "auto" if opts.lora_r == "auto" else opts.lora_r * 2, "lora_layers": opts.lora_layers, "max_length": opts.max_length, "seed": opts.seed,
         "checkpoint_every": 0, "lora_dropout": 0.0, "warmup_steps": 5})
     t = time.time()
     result = train(cfg, settings, progress)
     timings["train"] = time.time() - t
+    for k, v in result.auto.items():
+        say(f"    {k} {'all' if v['value'] is None else v['value']}: {v['reason']}")
     say(f"    {result.steps} steps, loss {result.first_loss:.3f} -> {result.train_loss:.3f}, "
         f"{result.tokens_per_second:.0f} tokens/s, {result.seconds:.0f} s")
     for w in result.warnings:
@@ -106,6 +111,7 @@ def run_demo(opts: DemoOptions, settings: Settings, progress: ProgressCallback =
     report["demo"] = {"options": opts.__dict__, "timings_s": {k: round(v, 1)
                                                              for k, v in timings.items()},
                       "training": {"steps": result.steps, "first_loss": result.first_loss,
+                                   "auto_hyperparameters": result.auto,
                                    "final_loss": result.train_loss,
                                    "validation": result.validation,
                                    "tokens_per_second": result.tokens_per_second,

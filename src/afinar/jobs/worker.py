@@ -143,6 +143,9 @@ def run(job_id: str, settings: Settings) -> int:
                   + (f", {len(trainer.valid.encoded)} validation" if trainer.valid else "")
                   + (f"; resuming from {trainer.resume_from.name}" if trainer.resume_from
                      else "") + f"; {trainer.total_steps} steps")
+        if trainer.auto:
+            from afinar.training.auto import describe
+            add_event(engine, job_id, describe(trainer.auto))
         for w in trainer.warnings:
             add_event(engine, job_id, w, "WARN")
         set_phase(engine, job_id, "dataProcessingDetails", "Completed")

@@ -42,23 +42,21 @@ def page(name: str, title: str, body: str, data: dict | None = None) -> HTMLResp
 
 def _hp_fields() -> str:
     """The create-job form's hyperparameters, with the ranges and defaults the trainer takes."""
-    from afinar.training.config import BEDROCK_ALIASES, TrainConfig
+    from afinar.training.config import BEDROCK_ALIASES, TrainConfig, numeric_bounds
 
     rows = []
     for alias, field in BEDROCK_ALIASES.items():
         f = TrainConfig.model_fields[field]
-        lo = hi = None
-        for m in f.metadata:
-            lo = getattr(m, "ge", lo) if getattr(m, "ge", None) is not None else lo
-            hi = getattr(m, "le", hi) if getattr(m, "le", None) is not None else hi
-        default = "" if f.default is None else f.default
-        rng = f"{lo}-{hi}" if lo is not None and hi is not None else "auto if empty"
-        step = "any" if f.annotation in (float, float | None) else "1"
+        kind, lo, hi = numeric_bounds(field)
+        default = "" if f.default in (None, "auto") else f.default
+        empty = "off" if f.default is None else "auto"  # what an empty field means
+        rng = f"{lo}-{hi}" if lo is not None and hi is not None else f"{empty} if empty"
+        step = "any" if kind is float else "1"
         rows.append(
-            f'<label>{alias} <small>({field}; {rng}; default {default if default != "" else "auto"})'
+            f'<label>{alias} <small>({field}; {rng}; default {default if default != "" else empty})'
             f'</small><input type="number" name="{alias}" step="{step}"'
             f'{f" min={lo}" if lo is not None else ""}{f" max={hi}" if hi is not None else ""}'
-            f' value="{default}" placeholder="auto"></label>')
+            f' value="{default}" placeholder="{empty}"></label>')
     return "\n".join(rows)
 
 

@@ -4,7 +4,7 @@ their help text) and validation; Bedrock's hyperparameter names are accepted as 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -36,6 +36,16 @@ BEDROCK_ALIASES = {
 SERVER_ONLY = frozenset({"train_data", "validation_data", "base_model", "output_dir",
                          "name", "threads", "fsdp"})
 MAX_REQUEST_SETTINGS = 64
+# Settings that default to "auto": chosen from the data and the model when the run starts
+# (afinar/training/auto.py), each with its reason, unless given.
+AUTO_FIELDS = ("epochs", "batch_size", "learning_rate", "lora_r", "lora_alpha", "lora_layers")
+Auto = Literal["auto"]
+Epochs = Annotated[int, Field(ge=1, le=10)] | Auto
+BatchSize = Annotated[int, Field(ge=1, le=64)] | Auto
+LearningRate = Annotated[float, Field(gt=0, le=1)] | Auto
+LoraRank = Annotated[int, Field(ge=1, le=512)] | Auto
+LoraAlpha = Annotated[int, Field(ge=1, le=4096)] | Auto
+LoraLayers = Annotated[int, Field(ge=1)] | Auto | None
 MAX_SETTING_CHARS = 256
 
 
@@ -70,13 +80,17 @@ class TrainConfig(BaseModel):
         "Custom model name (default: derived from data): 1-63 letters, digits, '.', '_' or "
         "'-', starting with a letter or digit (it names a folder; no '/' or '..')."))
     method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full weights.")
-    epochs: int = Field(2, ge=1, le=10, description="Passes over the training data (1-10).",
-                        validation_alias=AliasChoices("epochs", "epochCount"))
-    batch_size: int = Field(8, ge=1, le=64, description="Examples per batch (1-64).",
-                            validation_alias=AliasChoices("batch_size", "batchSize"))
-    learning_rate: float | None = Field(
-        None, gt=0, le=1, description="Peak learning rate (0-1]; default 1e-3 for LoRA, 2e-5 "
-        "for full.", validation_alias=AliasChoices("learning_rate", "learningRate"))
+    epochs: Epochs = Field(
+        "auto", description="Passes over the training data (1-10); auto: enough "
+        "for at least 100 optimizer steps, at most 5 (1 for cpt).",
+        validation_alias=AliasChoices("epochs", "epochCount"))
+    batch_size: BatchSize = Field(
+        "auto", description="Examples per batch (1-64); auto: 8, 16 from 4,000 "
+        "examples, 32 from 20,000.", validation_alias=AliasChoices("batch_size", "batchSize"))
+    learning_rate: LearningRate = Field(
+        "auto", description="Peak learning rate (0-1]; auto: for LoRA 1e-3 x "
+        "sqrt(135M / the model's parameters), at most 1e-3; 2e-5 for full.",
+        validation_alias=AliasChoices("learning_rate", "learningRate"))
     warmup_steps: int = Field(5, ge=0, le=250, description="Linear warm-up steps (0-250).",
                               validation_alias=AliasChoices("warmup_steps",
                                                             "learningRateWarmupSteps"))
@@ -86,14 +100,15 @@ class TrainConfig(BaseModel):
     max_length: int = Field(512, ge=8, le=32768,
                             description="Longest sequence in tokens; longer ones are truncated.")
     grad_accum: int = Field(1, ge=1, le=256, description="Gradient accumulation steps.")
-    lora_r: int = Field(16, ge=1, le=512, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, le=4096, description="LoRA alpha (scale = alpha / r).")
+    lora_r: LoraRank = Field("auto", description="LoRA rank; auto: 16.")
+    lora_alpha: LoraAlpha = Field("auto", description="LoRA alpha (scale = alpha / r); auto: 2 x r.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     lora_targets: str = Field("all-linear",
                               description="Comma-separated module names, or 'all-linear'.")
-    lora_layers: int | None = Field(
-        None, ge=1, description="Apply LoRA only to the top N transformer layers (default: "
-        "all). The backward pass then stops below them: ~40% faster with half the layers.")
+    lora_layers: LoraLayers = Field(
+        "auto", description="Apply LoRA only to the top N transformer layers (none or "
+        "0: all; auto: all). The backward pass then stops below them: ~40% faster with half "
+        "the layers.")
     seed: int = Field(42, ge=0, description="Seed for data order, initialisation and dropout.")
     checkpoint_every: int = Field(50, ge=0,
                                   description="Save a checkpoint every N optimizer steps "
@@ -139,6 +154,16 @@ class TrainConfig(BaseModel):
             raise ValueError(f"must be {NAME_RULE}")
         return v
 
+    @field_validator("learning_rate", "lora_layers", mode="before")
+    @classmethod
+    def _none_or_zero(cls, v, info):
+        # learning_rate: null is the old spelling of "auto"; lora_layers: 0 means all layers
+        if info.field_name == "learning_rate" and v is None:
+            return "auto"
+        if info.field_name == "lora_layers" and v in (0, "0"):
+            return None
+        return v
+
     @model_validator(mode="after")
     def _consistent(self):
         if self.scratch_size and self.type != "cpt":
@@ -149,9 +174,9 @@ class TrainConfig(BaseModel):
 
     @property
     def lr(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 1e-3 if self.method == "lora" else 2e-5
+        if self.learning_rate == "auto":
+            raise ValueError("learning_rate is not chosen yet (afinar.training.auto.resolve)")
+        return self.learning_rate
 
     def hyperparameters(self) -> dict[str, Any]:
         skip = {"train_data", "validation_data", "output_dir", "name", "threads"}
@@ -170,6 +195,25 @@ class TrainConfig(BaseModel):
         return d
 
 
+def numeric_bounds(field: str) -> tuple[type, float | None, float | None]:
+    """A numeric setting's kind (int or float) and its range [lo, hi] (gt counts as lo), read
+    from TrainConfig: for the forms and docs that show them."""
+    import typing
+
+    f = TrainConfig.model_fields[field]
+    kind, metas = f.annotation, list(f.metadata)
+    for member in typing.get_args(f.annotation) or ():
+        if typing.get_origin(member) is Annotated:
+            kind, *extra = typing.get_args(member)
+            metas += [m for x in extra for m in getattr(x, "metadata", [x])]
+    lo = hi = None
+    for m in metas:
+        for name in ("ge", "gt"):
+            lo = getattr(m, name, None) if getattr(m, name, None) is not None else lo
+        hi = getattr(m, "le", None) if getattr(m, "le", None) is not None else hi
+    return (float if kind in (float, float | None) else int), lo, hi
+
+
 def parse_train_config(values: dict[str, Any], source: str = "arguments") -> TrainConfig:
     """Validate once, at the edge, with an error that names the field and its valid range."""
     values = dict(values)
@@ -183,8 +227,19 @@ def parse_train_config(values: dict[str, Any], source: str = "arguments") -> Tra
     try:
         return TrainConfig.model_validate(values)
     except ValidationError as e:
-        msgs = []
+        msgs, seen = [], set()
         for err in e.errors():
+            loc = err["loc"]
+            if len(loc) == 2 and loc[0] in AUTO_FIELDS:  # one message for "a number or auto"
+                if loc[0] in seen:
+                    continue
+                seen.add(loc[0])
+                kind = "an integer" if loc[0] != "learning_rate" else "a number"
+                num = next((x for x in e.errors() if x["loc"][0] == loc[0] and
+                            "literal" not in str(x["loc"][1]) and not x["type"].endswith(
+                                ("_parsing", "_type"))), None)  # a number out of range
+                err = {**err, "loc": loc[:1], "msg": num["msg"] if num else
+                       f"must be {kind} or \"auto\""}
             field = ".".join(str(p) for p in err["loc"]) or "config"
             bedrock = {v: k for k, v in BEDROCK_ALIASES.items()}.get(field)
             name = f"{field} ({bedrock})" if bedrock else field

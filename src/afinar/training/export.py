@@ -39,6 +39,7 @@ def export_run(trainer, result, model) -> Path:
         "lineage": list(trainer.resolved.lineage) + [trainer.name],
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "hyperparameters": cfg.hyperparameters(),
+        "auto_hyperparameters": trainer.auto,
         "data": {"train": trainer.train.summary(),
                  "validation": trainer.valid.summary() if trainer.valid else None},
         "metrics": {"train_loss": result.train_loss, "first_train_loss": result.first_loss,

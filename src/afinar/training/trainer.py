@@ -58,6 +58,7 @@ class TrainResult:
     classification: dict | None = None  # classify: accuracy, macro-F1, confusion matrix
     best_step: int | None = None  # the step whose weights were kept (keep_best)
     early_stopped: bool = False
+    auto: dict = field(default_factory=dict)  # the "auto" settings chosen: {name: {value, reason}}
 
 
 class _Best:
@@ -270,6 +271,19 @@ class Trainer:
             f"(validation_split={cfg.validation_split}) to validate on during training"
             + (" and keep the best weights" if cfg.keep_best else ""))
 
+    def _choose_auto(self) -> None:
+        """The settings left at "auto", chosen from the data now loaded and the model's size
+        (training/auto.py); recorded in inputs.json, the model's record and the result."""
+        from afinar.training.auto import DataStats, describe, model_parameters, resolve
+
+        lengths = _lengths(self.train)
+        stats = DataStats(len(lengths), sum(lengths) / max(len(lengths), 1),
+                          self.accel.num_processes)
+        base = self.resolved.base if self.resolved.kind == "adapter" else self.resolved.path
+        self.cfg, self.auto = resolve(self.cfg, stats, model_parameters(base))
+        if self.auto:
+            self.progress(ProgressEvent("auto", 0, None, message=describe(self.auto)))
+
     def prepare(self, resume: bool = False):
         cfg = self.cfg
         self.resume_from = self._check_output_dir(resume)
@@ -306,6 +320,8 @@ class Trainer:
             self._hold_out()
         self.gen_sample = self._structured_sample()
         self.warnings += self.train.warnings + (self.valid.warnings if self.valid else [])
+        self._choose_auto()
+        cfg = self.cfg
         _set_seed(cfg.seed)
         # each process places its model on its own device (cuda:<local rank> under torchrun)
         labels = getattr(self.train, "labels", None)
@@ -447,6 +463,7 @@ class Trainer:
             else None
         if main:
             (self.out / "inputs.json").write_text(_json({"config": cfg.model_dump(),
+                                                         "auto": self.auto,
                                                          "train": self.train.summary(),
                                                          "validation": self.valid.summary()
                                                          if self.valid else None}))
@@ -523,7 +540,8 @@ class Trainer:
         res = TrainResult(self.name, self.out, status, step, self.total_steps, last_loss,
                           first_loss, last_val, tokens * self.world / max(secs, 1e-9), secs,
                           warnings=self.warnings, initial_validation=initial_val,
-                          best_step=best.step if best.kept else None, early_stopped=early)
+                          best_step=best.step if best.kept else None, early_stopped=early,
+                          auto=self.auto)
         if status == "completed" and self.cfg.type == "classify" and self.valid is not None:
             res.classification = self.classification_report()
         # under FSDP the full weights exist only once gathered, which every process joins
