@@ -347,6 +347,9 @@ def test_auto_hyperparameters_follow_the_data_and_model(tmp_path):
     assert (cfg.batch_size, cfg.epochs) == (32, 1) and cfg.learning_rate == 1.4e-4
     cfg, _ = chosen(5000)
     assert (cfg.batch_size, cfg.epochs) == (16, 1)
+    cfg, auto = resolve(parse_train_config({"train_data": "x.jsonl"}), DataStats(360, 3000.0),
+                        135e6)  # long examples: a smaller batch, and more epochs for the steps
+    assert cfg.batch_size == 2 and "3000 tokens" in auto["batch_size"]["reason"]
     cfg, _ = chosen(20, params=None)  # tiny data: capped epochs; unknown size: a safe rate
     assert cfg.epochs == 5 and cfg.learning_rate == 2e-4
     cfg, auto = chosen(360, method="full")

@@ -35,6 +35,9 @@ LORA_LR_MIN = 5e-5
 LORA_LR_UNKNOWN = 2e-4  # a model whose size its config does not say: a large model's rate
 FULL_LR = 2e-5
 LORA_RANK = 16
+# Long examples: at most this many tokens per batch (activation memory grows with it), so the
+# batch shrinks by powers of two; the suite's and the demo's examples (60-500 tokens) keep 8.
+BATCH_TOKENS = 8192
 
 
 @dataclass
@@ -88,6 +91,12 @@ def resolve(cfg: TrainConfig, stats: DataStats, params: int | None
         else:
             pick("batch_size", 8, f"{n} examples: 8 per step (small data: more steps of "
                  f"fewer examples)")
+        bs = chosen["batch_size"]["value"]
+        if bs * stats.mean_tokens > BATCH_TOKENS:
+            fit = max(1, 2 ** int(math.log2(max(BATCH_TOKENS / stats.mean_tokens, 1))))
+            pick("batch_size", fit, chosen["batch_size"]["reason"] + f", {fit} for examples "
+                 f"of {stats.mean_tokens:.0f} tokens on average (at most ~{BATCH_TOKENS} tokens "
+                 f"per batch)")
     bs = chosen["batch_size"]["value"] if "batch_size" in chosen else cfg.batch_size
     per_epoch = max(1, math.ceil(n / (bs * stats.processes * cfg.grad_accum)))
     if "epochs" in auto:

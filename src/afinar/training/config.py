@@ -86,7 +86,8 @@ class TrainConfig(BaseModel):
         validation_alias=AliasChoices("epochs", "epochCount"))
     batch_size: BatchSize = Field(
         "auto", description="Examples per batch (1-64); auto: 8, 16 from 4,000 "
-        "examples, 32 from 20,000.", validation_alias=AliasChoices("batch_size", "batchSize"))
+        "examples, 32 from 20,000; smaller for long examples (~8k tokens a batch).",
+        validation_alias=AliasChoices("batch_size", "batchSize"))
     learning_rate: LearningRate = Field(
         "auto", description="Peak learning rate (0-1]; auto: for LoRA 1e-3 x "
         "sqrt(135M / the model's parameters), at most 1e-3; 2e-5 for full.",
