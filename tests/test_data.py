@@ -180,3 +180,51 @@ def test_split_refuses_bad_data(tmp_path):
     p = write_jsonl(tmp_path / "b.jsonl", [GOOD, {"prompt": "x"}])
     with pytest.raises(DataError, match="line 2"):
         split_file(p, tmp_path / "o")
+
+
+def test_preference_pairs_in_both_shapes(tmp_path, tokenizer):
+    """OpenAI's preference format and prompt/chosen/rejected: normalised to the prompt + each
+    answer; every problem named by line and the field as the record spells it."""
+    q = [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "2+2?"}]
+    good_openai = {"input": {"messages": q},
+                   "preferred_output": [{"role": "assistant", "content": '{"a": 4}'}],
+                   "non_preferred_output": [{"role": "assistant", "content": '{"a": 5}'}]}
+    rows = [good_openai,
+            {"input": {"messages": q}, "preferred_output": [{"role": "assistant",
+                                                             "content": "x"}]},
+            {"input": {"messages": [{"role": "wizard", "content": "hi"}]},
+             "preferred_output": [{"role": "assistant", "content": "a"}],
+             "non_preferred_output": [{"role": "assistant", "content": "b"}]},
+            {**good_openai, "non_preferred_output": [{"role": "user", "content": "b"}]},
+            {**good_openai, "non_preferred_output": good_openai["preferred_output"]},
+            {**good_openai, "preferred_output": [{"role": "assistant", "content": 7}]}]
+    rep = check_file(write_jsonl(tmp_path / "pref.jsonl", rows), tokenizer=tokenizer)
+    assert rep.schema == "preference" and rep.valid == 1
+    errs = {(e["line"], e["field"]) for e in rep.errors}
+    assert errs == {(2, "non_preferred_output"), (3, "input.messages[0].role"),
+                    (4, "non_preferred_output[0]"), (5, "non_preferred_output"),
+                    (6, "preferred_output[0].content")}, rep.errors
+    assert any(e["code"] == "identical_pair" for e in rep.errors)
+    assert sum(rep.tokens["histogram"].values()) == 1  # the pair, counted by its longer side
+
+    common = [{"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+              {"prompt": q, "chosen": [{"role": "assistant", "content": "4"}],
+               "rejected": [{"role": "assistant", "content": "22"}]},
+              {"prompt": "2+2?", "chosen": "4", "rejected": "5"},  # a duplicate pair
+              {"prompt": "2+2?", "chosen": "4", "rejected": "6"},  # not one: another answer
+              {"prompt": "", "chosen": "4", "rejected": "5"},
+              {"prompt": "3+3?", "chosen": "6"}]
+    path = write_jsonl(tmp_path / "pairs.jsonl", common)
+    norm = normalize(read_records(path))
+    assert norm.schema == "preference" and len(norm.examples) == 4
+    ex = norm.examples[0]
+    assert ex.messages == [{"role": "user", "content": "2+2?"},
+                           {"role": "assistant", "content": "4"}]
+    assert ex.rejected[-1]["content"] == "5" and ex.prompt_messages() == ex.rejected[:-1]
+    assert [(i.line, i.field) for i in norm.issues] == [(5, "prompt"), (6, "rejected")]
+    rep = check_file(path)
+    assert rep.exact_duplicates == [[1, 3]]
+    # preference data is not supervised data: training on it as such says which it is
+    with pytest.raises(DataError, match="'preference' data"):
+        from afinar.training.data import prepare
+        prepare(str(path), tokenizer, 64)

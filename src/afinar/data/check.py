@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from afinar.data.readers import read_records
@@ -129,8 +129,11 @@ def token_stats(tokenizer, exs: list[Example], max_length: int) -> dict:
     ensure_chat_template(tokenizer)
     lengths = []
     for e in exs:
-        enc = encode_example(tokenizer, e, 10**9)
-        lengths.append(len(enc))
+        n_tok = len(encode_example(tokenizer, e, 10**9))
+        if e.rejected:  # a preference pair: its longer side
+            n_tok = max(n_tok, len(encode_example(tokenizer, replace(e, messages=e.rejected),
+                                                  10**9)))
+        lengths.append(n_tok)
     lengths.sort()
     n = len(lengths)
 

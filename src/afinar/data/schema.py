@@ -15,6 +15,8 @@ Supported shapes (by the keys present):
 - text:                  {"text"}            unlabelled text (continued pre-training)
 - input_text:            {"input"}           Bedrock's continued pre-training format
 - classification:        {"text", "label"}
+- preference:            {"input", "preferred_output", "non_preferred_output"} (OpenAI) or
+                          {"prompt", "chosen", "rejected"}: data/preference.py
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from afinar.data.chat import BEDROCK_SCHEMA_VERSION, normalize_chat
+from afinar.data.preference import is_preference, normalize_preference
 from afinar.data.readers import RawRecord, ReadResult
 from afinar.errors import Issue
 
 SUPERVISED = {"prompt_completion", "instruction", "messages", "bedrock_conversation"}
 UNLABELLED = {"text", "input_text"}
-SCHEMAS = sorted(SUPERVISED | UNLABELLED | {"classification"})
+PREFERENCE = {"preference"}
+SCHEMAS = sorted(SUPERVISED | UNLABELLED | PREFERENCE | {"classification"})
 LABEL_FIELDS = ("label", "labels", "category", "class", "intent")
 
 
@@ -43,13 +47,16 @@ class Example:
     label: str | None = None
     raw: dict = field(default_factory=dict)
     tools: list[dict] | None = None  # canonical tools, when the conversation has some
+    rejected: list[dict] | None = None  # preference: the prompt + the non-preferred answer
 
     def content_key(self) -> str:
-        """Text used for duplicate detection."""
+        """Text used for duplicate detection (a preference pair: both of its answers)."""
         if self.messages is not None:
-            return "\n".join(f"{m['role']}: {m['content'] or ''}" + (
-                serialize_value(m["tool_calls"]) if m.get("tool_calls") else "")
-                for m in self.messages)
+            key = _render(self.messages)
+            if self.rejected:
+                key += "\n--- rejected\n" + _render(
+                    self.rejected[len(self.prompt_messages()):])
+            return key
         return self.text or ""
 
     def prompt_messages(self) -> list[dict[str, str]]:
@@ -66,6 +73,11 @@ class Example:
         return assistant_text([m for m in self.messages if m["role"] == "assistant"][-1])
 
 
+def _render(msgs: list[dict]) -> str:
+    return "\n".join(f"{m['role']}: {m['content'] or ''}" + (
+        serialize_value(m["tool_calls"]) if m.get("tool_calls") else "") for m in msgs)
+
+
 def serialize_value(v: Any) -> str:
     """Deterministic text for instruction inputs/outputs that are JSON values."""
     if isinstance(v, str):
@@ -75,6 +87,8 @@ def serialize_value(v: Any) -> str:
 
 def detect_schema(rec: dict) -> str | None:
     keys = set(rec)
+    if is_preference(rec):
+        return "preference"
     if rec.get("schemaVersion") == BEDROCK_SCHEMA_VERSION:
         return "bedrock_conversation"
     if "messages" in keys:
@@ -140,6 +154,10 @@ def normalize_record(r: RawRecord, schema: str, issues: list[Issue]) -> Example 
     if schema in ("messages", "bedrock_conversation"):
         got = normalize_chat(rec, line, issues, bedrock=schema == "bedrock_conversation")
         return None if got is None else Example(line, schema, got[0], raw=rec, tools=got[1])
+    if schema == "preference":
+        got = normalize_preference(rec, line, issues)
+        return None if got is None else Example(line, schema, got[0], raw=rec, tools=got[2],
+                                                rejected=got[1])
     if schema in ("text", "input_text"):
         t = _str_field(rec, "text" if schema == "text" else "input", line, issues)
         return None if t is None else Example(line, schema, text=t, raw=rec)
@@ -179,7 +197,8 @@ def normalize(read: ReadResult, expected: str | set[str] | None = None) -> Norma
             local.append(Issue(
                 f"unrecognised record with keys {sorted(r.data)[:6]}: expected one of "
                 f"prompt/completion, instruction/input/output, messages, "
-                f"bedrock-conversation-2024, text, input, text/label", r.line, code="unknown_schema"))
+                f"bedrock-conversation-2024, text, input, text/label, "
+                f"input/preferred_output/non_preferred_output, prompt/chosen/rejected", r.line, code="unknown_schema"))
         elif s != schema:
             local.append(Issue(f"mixed schemas: this record is '{s}' but the file is '{schema}' "
                                f"({counts[schema]} records)", r.line, code="mixed_schema"))
