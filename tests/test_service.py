@@ -477,12 +477,18 @@ def test_default_model_job(tmp_path, tiny_model_dir):
         train = srv.put("d/train.jsonl", mapping_rows(16))
         arn = _create(bedrock, "smol", "smol-tuned", train,
                       base="huggingfacetb.smollm2-135m-instruct",
-                      hp={"epochCount": "1", "batchSize": "4", "learningRate": "0.001",
+                      hp={"epochCount": "auto", "batchSize": "4", "learningRate": "auto",
                           "max_steps": "3", "merge": "false"})
         j = _wait(bedrock, arn, timeout=600)
         assert j["status"] == "Completed", j.get("failureMessage")
         assert j["baseModelArn"].endswith("foundation-model/huggingfacetb.smollm2-135m-instruct")
         assert 0 < j["trainingMetrics"]["trainingLoss"] < 10
+        # "auto" chosen from the data (16 rows in batches of 4) and the model's ~135M parameters
+        auto = [e["message"] for e in srv.events("smol")
+                if e["message"].startswith("auto hyperparameters:")]
+        assert len(auto) == 1 and "epochs 5 (4 steps per epoch" in auto[0], auto
+        assert "learning_rate 0.001 (LoRA on a 134M-parameter model" in auto[0], auto
+        assert "batch_size" not in auto[0]  # given: not chosen
     finally:
         srv.kill(signal.SIGTERM)
 
