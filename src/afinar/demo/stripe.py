@@ -90,7 +90,8 @@ def run_demo(opts: DemoOptions, settings: Settings, progress: ProgressCallback =
         "base_model": base, "output_dir": str(out / "model"), "name": name,
         "epochs": opts.epochs, "batch_size": opts.batch_size,
         "learning_rate": opts.learning_rate, "lora_r": opts.lora_r,
-        "lora_alpha": "auto" if opts.lora_r == "auto" else opts.lora_r * 2, "lora_layers": opts.lora_layers, "max_length": opts.max_length, "seed": opts.seed,
+        "lora_alpha": "auto" if opts.lora_r == "auto" else opts.lora_r * 2,
+        "lora_layers": opts.lora_layers, "max_length": opts.max_length, "seed": opts.seed,
         "checkpoint_every": 0, "lora_dropout": 0.0, "warmup_steps": 5})
     t = time.time()
     result = train(cfg, settings, progress)

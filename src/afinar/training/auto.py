@@ -1,8 +1,7 @@
 """`auto` hyperparameters: the settings a run does not give, chosen from its data and model.
 
 Every setting named here may be given explicitly (CLI flag, YAML, Bedrock's epochCount /
-batchSize / learningRate, OpenAI's n_epochs / batch_size / learning_rate_multiplier); only the
-ones left at "auto" are chosen, and each choice comes with its reason, which the run prints and
+batchSize / learningRate); only the ones left at "auto" (the default, or the word) are chosen, and each choice comes with its reason, which the run prints and
 records (inputs.json, the job's events, the model's metadata).
 
 The rules were derived from the task suite in benchmarks/defaults_suite.py (six tasks that are not

@@ -36,6 +36,7 @@ BEDROCK_ALIASES = {
 SERVER_ONLY = frozenset({"train_data", "validation_data", "base_model", "output_dir",
                          "name", "threads", "fsdp"})
 MAX_REQUEST_SETTINGS = 64
+MAX_SETTING_CHARS = 256
 # Settings that default to "auto": chosen from the data and the model when the run starts
 # (afinar/training/auto.py), each with its reason, unless given.
 AUTO_FIELDS = ("epochs", "batch_size", "learning_rate", "lora_r", "lora_alpha", "lora_layers")
@@ -46,7 +47,6 @@ LearningRate = Annotated[float, Field(gt=0, le=1)] | Auto
 LoraRank = Annotated[int, Field(ge=1, le=512)] | Auto
 LoraAlpha = Annotated[int, Field(ge=1, le=4096)] | Auto
 LoraLayers = Annotated[int, Field(ge=1)] | Auto | None
-MAX_SETTING_CHARS = 256
 
 
 class TrainConfig(BaseModel):
