@@ -82,7 +82,7 @@ class TrainConfig(BaseModel):
     method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full weights.")
     epochs: Epochs = Field(
         "auto", description="Passes over the training data (1-10); auto: enough "
-        "for at least 100 optimizer steps, at most 5 (1 for cpt).",
+        "for at least 90 optimizer steps, at most 5 (1 for cpt).",
         validation_alias=AliasChoices("epochs", "epochCount"))
     batch_size: BatchSize = Field(
         "auto", description="Examples per batch (1-64); auto: 8, 16 from 4,000 "
