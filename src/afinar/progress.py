@@ -48,8 +48,8 @@ class TqdmProgress:
         from tqdm.auto import tqdm
 
         if ev.total is None:  # a one-off report (e.g. validation): a line, not a bar
-            if not self.disable and ev.message and not ev.metrics:
-                tqdm.write(f"{ev.stage}: {ev.message}")
+            if not self.disable and ev.message and not ev.metrics:  # a note: its own words
+                tqdm.write(ev.message)
             elif not self.disable:
                 vals = ", ".join(f"{k}={_fmt(v)}" for k, v in ev.metrics.items())
                 tqdm.write(f"{ev.stage} at step {ev.current}: {vals}" + (

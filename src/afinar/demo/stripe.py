@@ -83,7 +83,7 @@ def run_demo(opts: DemoOptions, settings: Settings, progress: ProgressCallback =
     given = {k: getattr(opts, k) for k in ("epochs", "batch_size", "learning_rate", "lora_r",
                                            "lora_layers") if getattr(opts, k) != "auto"}
     say("[5/6] LoRA fine-tuning (" + (", ".join(f"{k} {v}" for k, v in given.items()) + "; "
-                                      if given else "") + "the rest chosen from the data)")
+                                      if given else "") + "the rest: auto, from the data)")
     name = f"stripe-demo-{stamp}"
     cfg = parse_train_config({
         "train_data": str(parts["train"]), "validation_data": str(parts["validation"]),
@@ -96,8 +96,6 @@ def run_demo(opts: DemoOptions, settings: Settings, progress: ProgressCallback =
     t = time.time()
     result = train(cfg, settings, progress)
     timings["train"] = time.time() - t
-    for k, v in result.auto.items():
-        say(f"    {k} {'all' if v['value'] is None else v['value']}: {v['reason']}")
     say(f"    {result.steps} steps, loss {result.first_loss:.3f} -> {result.train_loss:.3f}, "
         f"{result.tokens_per_second:.0f} tokens/s, {result.seconds:.0f} s")
     for w in result.warnings:

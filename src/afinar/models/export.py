@@ -80,7 +80,7 @@ def _merged_dir(run: Path, progress: ProgressCallback) -> Path:
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoTokenizer
 
-    progress(ProgressEvent("export", 0, None, message="merging the adapter into its base"))
+    progress(ProgressEvent("export", 0, None, message="export: merging the adapter into its base"))
     model = AutoPeftModelForCausalLM.from_pretrained(str(adapter)).merge_and_unload()
     tmp = run / "merged.partial"
     model.save_pretrained(str(tmp))
