@@ -43,6 +43,7 @@ class DataStats:
     examples: int  # training examples after any hold-out
     mean_tokens: float
     processes: int = 1
+    validated: bool = False  # validation data or a hold-out: the best weights can be kept
 
 
 def model_parameters(model_dir: str | Path) -> int | None:
@@ -108,7 +109,8 @@ def resolve(cfg: TrainConfig, stats: DataStats, params: int | None
             if e == 1:
                 why = f"{per_epoch} steps in one epoch are enough (>= {TARGET_STEPS})"
             pick("epochs", e, why + ("; the best validation's weights are kept"
-                                     if cfg.keep_best and e > 1 else ""))
+                                     if cfg.keep_best and stats.validated and e > 1
+                                     else ""))
     if "learning_rate" in auto:
         if cfg.method == "full":
             pick("learning_rate", FULL_LR, "full fine-tuning: 2e-5")

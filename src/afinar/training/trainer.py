@@ -278,7 +278,7 @@ class Trainer:
 
         lengths = _lengths(self.train)
         stats = DataStats(len(lengths), sum(lengths) / max(len(lengths), 1),
-                          self.accel.num_processes)
+                          self.accel.num_processes, validated=self.valid is not None)
         base = self.resolved.base if self.resolved.kind == "adapter" else self.resolved.path
         self.cfg, self.auto = resolve(self.cfg, stats, model_parameters(base))
         if self.auto:
