@@ -213,7 +213,8 @@ def test_preference_pairs_in_both_shapes(tmp_path, tokenizer):
               {"prompt": "2+2?", "chosen": "4", "rejected": "5"},  # a duplicate pair
               {"prompt": "2+2?", "chosen": "4", "rejected": "6"},  # not one: another answer
               {"prompt": "", "chosen": "4", "rejected": "5"},
-              {"prompt": "3+3?", "chosen": "6"}]
+              {"prompt": "3+3?", "chosen": "6"},
+              {"prompt": "3+3?", "chosen": "6", "rejected": 7}]
     path = write_jsonl(tmp_path / "pairs.jsonl", common)
     norm = normalize(read_records(path))
     assert norm.schema == "preference" and len(norm.examples) == 4
@@ -221,7 +222,8 @@ def test_preference_pairs_in_both_shapes(tmp_path, tokenizer):
     assert ex.messages == [{"role": "user", "content": "2+2?"},
                            {"role": "assistant", "content": "4"}]
     assert ex.rejected[-1]["content"] == "5" and ex.prompt_messages() == ex.rejected[:-1]
-    assert [(i.line, i.field) for i in norm.issues] == [(5, "prompt"), (6, "rejected")]
+    assert [(i.line, i.field) for i in norm.issues] == [(5, "prompt"), (6, "rejected"),
+                                                        (7, "rejected")]
     rep = check_file(path)
     assert rep.exact_duplicates == [[1, 3]]
     # preference data is not supervised data: training on it as such says which it is

@@ -34,17 +34,18 @@ def _as_messages(v: Any, role: str) -> Any:
     return [{"role": role, "content": v}] if isinstance(v, str) else v
 
 
-def _side(prompt: list, answer: Any, tools: Any, line: int, issues: list[Issue],
+def _side(prompt: list, answer: Any, field: str, tools: Any, line: int, issues: list[Issue],
           rename) -> tuple[list[dict], list[dict] | None] | None:
-    """The prompt + one answer as a canonical conversation and tools; issues under the
-    record's names."""
+    """The prompt + one answer (the record's `field`) as a canonical conversation and tools;
+    issues under the record's names."""
     local: list[Issue] = []
     if not isinstance(answer, list) or not answer:
-        local.append(Issue("must be a non-empty list of assistant messages or a string",
-                           line, rename(f"messages[{len(prompt)}]", "answer"), code="wrong_type"))
-    elif any(not isinstance(m, dict) or m.get("role") != "assistant" for m in answer):
+        issues.append(Issue("must be a non-empty list of assistant messages or a string",
+                            line, field, code="wrong_type"))
+        return None
+    if any(not isinstance(m, dict) or m.get("role") != "assistant" for m in answer):
         local.append(Issue("the answer's messages must have role 'assistant'", line,
-                           rename(f"messages[{len(prompt)}]", "answer"), code="wrong_value"))
+                           f"messages[{len(prompt)}]", code="wrong_value"))
     else:
         rec = {"messages": list(prompt) + list(answer)}
         if tools is not None:
@@ -52,7 +53,7 @@ def _side(prompt: list, answer: Any, tools: Any, line: int, issues: list[Issue],
         got = normalize_chat(rec, line, local, bedrock=False)
         if got is not None and not local:
             return got
-    issues.extend(Issue(i.message, i.line, rename(i.field, "answer") if i.field else i.field,
+    issues.extend(Issue(i.message, i.line, rename(i.field) if i.field else i.field,
                         code=i.code) for i in local)
     return None
 
@@ -89,7 +90,7 @@ def normalize_preference(rec: dict, line: int, issues: list[Issue]):
     k = len(prompt)
 
     def renamer(answer_field: str):
-        def rename(f: str, _: str) -> str:
+        def rename(f: str) -> str:
             m = re.match(r"messages\[(\d+)\](.*)", f)
             if m:
                 i, rest = int(m.group(1)), m.group(2)
@@ -104,9 +105,9 @@ def normalize_preference(rec: dict, line: int, issues: list[Issue]):
             return answer_field if f == "messages" else f
         return rename
 
-    good = _side(prompt, _as_messages(rec[keys[0]], "assistant"), tools, line, issues,
+    good = _side(prompt, _as_messages(rec[keys[0]], "assistant"), keys[0], tools, line, issues,
                  renamer(keys[0]))
-    bad = _side(prompt, _as_messages(rec[keys[1]], "assistant"), tools, line, issues,
+    bad = _side(prompt, _as_messages(rec[keys[1]], "assistant"), keys[1], tools, line, issues,
                 renamer(keys[1]))
     if good is None or bad is None:
         seen, mine = set(), issues[n:]  # a prompt's problem is reported once, not per side
