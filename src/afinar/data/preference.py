@@ -88,18 +88,19 @@ def normalize_preference(rec: dict, line: int, issues: list[Issue]):
     if len(issues) > n:
         return None
     k = len(prompt)
+    prompt_listed = openai or isinstance(rec.get("prompt"), list)
 
     def renamer(answer_field: str):
+        """A field of the joined conversation (messages[i]...) as the record spells it."""
+        answer_listed = not isinstance(rec.get(answer_field), str)
+
         def rename(f: str) -> str:
             m = re.match(r"messages\[(\d+)\](.*)", f)
             if m:
                 i, rest = int(m.group(1)), m.group(2)
                 if i < k:
-                    return f"{pname}[{i}]{rest}" if isinstance(rec.get("prompt"), list) or \
-                        openai else pname
-                if isinstance(rec.get(answer_field), str):
-                    return answer_field
-                return f"{answer_field}[{i - k}]{rest}"
+                    return f"{pname}[{i}]{rest}" if prompt_listed else pname
+                return f"{answer_field}[{i - k}]{rest}" if answer_listed else answer_field
             if f == "tools" or f.startswith("tools["):
                 return ("input." if openai else "") + f
             return answer_field if f == "messages" else f

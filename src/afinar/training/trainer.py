@@ -276,7 +276,7 @@ class Trainer:
         (training/auto.py); recorded in inputs.json, the model's record and the result."""
         from afinar.training.auto import DataStats, describe, model_parameters, resolve
 
-        lengths = _lengths(self.train)
+        lengths = self.lengths = _lengths(self.train)  # kept: the batching uses them too
         stats = DataStats(len(lengths), sum(lengths) / max(len(lengths), 1),
                           self.accel.num_processes, validated=self.valid is not None)
         base = self.resolved.base if self.resolved.kind == "adapter" else self.resolved.path
@@ -344,7 +344,7 @@ class Trainer:
                                 self.loss_mod.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.world, self.rank = self.accel.num_processes, self.accel.process_index
-        lengths = self.lengths = _lengths(self.train)
+        lengths = self.lengths
         # labelled tokens per example, counted once (the loss is normalised by them each step)
         self.label_counts = self.train.label_counts() if hasattr(self.train, "label_counts") \
             else [
