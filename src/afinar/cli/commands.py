@@ -298,6 +298,7 @@ def cmd_train_script(args) -> int:
 
 def cmd_train(args) -> int:
     from afinar.training.config import TrainConfig, load_yaml_config, parse_train_config
+    from afinar.training.metrics import describe_validation
     from afinar.training.trainer import train
 
     if args.script:
@@ -331,11 +332,7 @@ def cmd_train(args) -> int:
     if res.first_loss is not None:
         out(f"  training loss {res.first_loss:.4f} -> {res.train_loss:.4f}")
     if res.validation:
-        v = res.validation
-        out(f"  validation loss {v['validation_loss']:.4f}, perplexity {v['perplexity']:.3f}, "
-            f"token accuracy {v['token_accuracy']:.3f}" + (
-                f", exact match on a sample {v['validation_exact_match']:.0%}"
-                if "validation_exact_match" in v else ""))
+        out(f"  {describe_validation(res.validation)}")
     out(f"  output: {res.output_dir}")
     if res.status == "stopped":
         out(f"  resume with: afinar train --output-dir {res.output_dir} --resume ...")

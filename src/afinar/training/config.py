@@ -54,11 +54,20 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
-    type: Literal["sft", "cpt", "classify"] = Field(
+    type: Literal["sft", "cpt", "classify", "dpo"] = Field(
         "sft", description="sft: supervised fine-tuning on prompt/answer data; cpt: continued "
         "pre-training on a corpus (.jsonl of {\"input\"}/{\"text\"}, .txt/.md files or a "
         "folder), packed into blocks of max_length tokens; classify: a sequence-classification "
-        "head trained on {\"text\", \"label\"} data (e.g. base model all-minilm-l6-v2).")
+        "head trained on {\"text\", \"label\"} data (e.g. base model all-minilm-l6-v2); "
+        "dpo: preference tuning on pairs (OpenAI's input/preferred_output/"
+        "non_preferred_output or prompt/chosen/rejected) with the loss in `loss`.")
+    loss: Literal["dpo", "ipo", "hinge", "orpo"] = Field(
+        "dpo", description="type dpo: the preference loss. dpo (sigmoid), ipo, hinge (SLiC) "
+        "against the starting model as reference; orpo: no reference, adds the preferred "
+        "answers' likelihood (so it can start from a base model).")
+    beta: float = Field(0.1, gt=0, le=10, description="type dpo: the strength of the "
+                        "preference against staying near the reference (dpo/ipo/hinge), or "
+                        "the weight of the odds-ratio term (orpo).")
     scratch_size: Literal["tiny", "small", "medium"] | None = Field(
         None, description="cpt only: train a new randomly initialised llama-architecture model "
         "of this size instead of continuing base_model (method full).")
@@ -171,6 +180,12 @@ class TrainConfig(BaseModel):
             raise ValueError("scratch_size (training from scratch) needs type=cpt: a corpus")
         if self.scratch_size and self.method != "full":
             raise ValueError("training from scratch trains every weight: set method=full")
+        if self.type != "dpo" and ("loss" in self.model_fields_set or
+                                   "beta" in self.model_fields_set):
+            raise ValueError("loss and beta are settings of preference tuning: set type=dpo")
+        if self.type == "dpo" and self.grouping == "packed":
+            raise ValueError("grouping=packed is not available for type=dpo (each pair's two "
+                             "answers are scored separately): use length or random")
         return self
 
     @property
@@ -193,6 +208,8 @@ class TrainConfig(BaseModel):
         d = {k: getattr(self, k) for k in keys}
         d["train_data"] = str(Path(self.train_data).resolve())
         d["learning_rate"] = self.lr
+        if self.type == "dpo":
+            d.update(loss=self.loss, beta=self.beta)
         return d
 
 

@@ -43,7 +43,9 @@ def prepare(path: str, tokenizer, max_length: int, skip_invalid: bool = False,
                             and not any(i.code == "wrong_schema" for i in norm.issues)):
         raise DataError(f"{path}: {len(norm.issues)} problem(s) in the {role} data; nothing "
                         f"was trained", norm.issues,
-                        hint=f"fix them (afinar data check {path}) or pass --skip-invalid")
+                        hint="preference pairs train with --type dpo"
+                        if norm.schema == "preference" else
+                        f"fix them (afinar data check {path}) or pass --skip-invalid")
     out = PreparedData(path, norm.schema, [], len(read.records),
                        skipped_invalid=len(norm.issues))
     for ex in norm.examples:

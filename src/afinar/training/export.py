@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from afinar.models.registry import register_custom_model
+from afinar.training.metrics import describe_validation
 
 
 def export_run(trainer, result, model) -> Path:
@@ -114,8 +115,7 @@ def model_card(r: dict) -> str:
         lines.append(f"- held-out perplexity before training {iv['perplexity']:.3f} "
                      f"(loss {iv['validation_loss']:.4f})")
     if val:
-        lines.append(f"- validation loss {val['validation_loss']:.4f}, perplexity "
-                     f"{val['perplexity']:.3f}, token accuracy {val['token_accuracy']:.3f}")
+        lines.append(f"- {describe_validation(val)}")
     lines += [f"- throughput: {m['tokens_per_second']} tokens/s, {m['train_seconds']} s", "",
               "## Hyperparameters", "", "| name | value |", "|---|---|", hp, "",
               "## Use", "", "```python",

@@ -16,6 +16,17 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
+def describe_validation(v: dict) -> str:
+    """One line for a validation result: loss and what else it measured."""
+    if "reward_accuracy" in v:  # preference pairs
+        return (f"validation loss {v['validation_loss']:.4f}, reward accuracy "
+                f"{v['reward_accuracy']:.3f}, reward margin {v['reward_margin']:.3f}")
+    return (f"validation loss {v['validation_loss']:.4f}, perplexity {v['perplexity']:.3f}, "
+            f"token accuracy {v['token_accuracy']:.3f}" + (
+                f", exact match on a sample {v['validation_exact_match']:.0%}"
+                if "validation_exact_match" in v else ""))
+
+
 class MetricsWriter:
     def __init__(self, out: Path, resume_step: int | None = None):
         self.out = out

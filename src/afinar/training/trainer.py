@@ -303,6 +303,13 @@ class Trainer:
                 self.valid = prepare_classification(cfg.validation_data, self.tokenizer,
                                                     cfg.max_length, self.train.labels,
                                                     role="validation")
+        elif cfg.type == "dpo":
+            from afinar.training.preference import prepare_pairs
+            self.train = prepare_pairs(cfg.train_data, self.tokenizer, cfg.max_length,
+                                       cfg.skip_invalid)
+            if cfg.validation_data:
+                self.valid = prepare_pairs(cfg.validation_data, self.tokenizer,
+                                           cfg.max_length, cfg.skip_invalid, role="validation")
         elif cfg.type == "cpt":
             # streamed into token files next to the run, then read back by memory map
             tokens = self.out / "tokens"
@@ -331,6 +338,11 @@ class Trainer:
             from afinar.training.classify import ClassifierLoss, balanced_weights
             weights = balanced_weights(self.train) if cfg.class_weights == "balanced" else None
             self.loss_mod = ClassifierLoss(self.model, weights)
+        elif cfg.type == "dpo":
+            from afinar.training.preference import REFERENCE_FREE, PreferenceLoss
+            self.loss_mod = PreferenceLoss(self.model, cfg.loss, cfg.beta)
+            if cfg.loss not in REFERENCE_FREE:
+                self._reference_logps()
         else:
             self.loss_mod = SelectiveLMLoss(self.model)
         if (cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP")) and not self.fsdp:
@@ -345,10 +357,15 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.world, self.rank = self.accel.num_processes, self.accel.process_index
         lengths = self.lengths
-        # labelled tokens per example, counted once (the loss is normalised by them each step)
-        self.label_counts = self.train.label_counts() if hasattr(self.train, "label_counts") \
-            else [
-            sum(1 for t in e.labels[1:] if t != -100) for e in self.train.encoded]
+        # what the loss is normalised by each step, counted once: labelled tokens per example
+        # (a preference pair counts once)
+        if cfg.type == "dpo":
+            self.label_counts = [1] * len(self.train.encoded)
+        elif hasattr(self.train, "label_counts"):
+            self.label_counts = self.train.label_counts()
+        else:
+            self.label_counts = [sum(1 for t in e.labels[1:] if t != -100)
+                                 for e in self.train.encoded]
         n_batches = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.grouping,
                                       self.rank, self.world))
         if n_batches == 0:
@@ -372,10 +389,41 @@ class Trainer:
             return torch.autocast(self.device, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _reference_logps(self) -> None:
+        """Preference tuning: the starting model's log-probs of every pair's answers, once,
+        before any step (training/preference.py)."""
+        from afinar.training.preference import compute_reference
+
+        sets = [self.train] + ([self.valid] if self.valid is not None else [])
+        total = sum(len(d.encoded) for d in sets)
+        done = 0
+
+        def report(i: int, _n: int) -> None:
+            self.progress(ProgressEvent("reference", done + i, total))
+
+        for d in sets:
+            compute_reference(self.model, d, self.tokenizer.pad_token_id,
+                              self.cfg.batch_size, self.accel.device, self._autocast, report)
+            done += len(d.encoded)
+
     def _batch(self, items, packed: bool = False) -> dict:
-        b = collate_packed(items) if packed else collate(items, self.tokenizer.pad_token_id)
+        if self.cfg.type == "dpo":
+            from afinar.training.preference import collate_pairs
+            b = collate_pairs(items, self.tokenizer.pad_token_id)
+        else:
+            b = collate_packed(items) if packed else collate(items, self.tokenizer.pad_token_id)
         dev = self.accel.device
         return {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+
+    def _forward(self, b: dict) -> tuple:
+        """(summed loss, count it is normalised by, count right, *other sums) of a batch: for
+        preference pairs the right count is pairs ranked right and the other sum the reward
+        margin."""
+        if self.cfg.type == "dpo":
+            return self.loss_mod(b["input_ids"], b["labels"], b["attention_mask"],
+                                 b.get("ref_logps"))
+        return self.loss_mod(b["input_ids"], b["labels"], b["attention_mask"],
+                             b.get("position_ids"))
 
     # -- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -387,17 +435,21 @@ class Trainer:
         vlen = _lengths(self.valid)
         order = sorted(range(len(enc)), key=lambda i: vlen[i])
         mine = order[self.rank::self.world]
-        tot = torch.zeros(3, dtype=torch.float64, device=self.accel.device)
+        dpo = self.cfg.type == "dpo"
+        tot = torch.zeros(4 if dpo else 3, dtype=torch.float64, device=self.accel.device)
         for s in range(0, len(mine), self.cfg.batch_size):
             b = self._batch([enc[i] for i in mine[s:s + self.cfg.batch_size]])
             with self._autocast():
-                loss_sum, n, correct = self.loss_mod(b["input_ids"], b["labels"],
-                                                     b["attention_mask"], b.get("position_ids"))
-            tot += torch.stack([loss_sum.double(), n.double(), correct.double()])
+                sums = self._forward(b)
+            tot += torch.stack([torch.as_tensor(x, device=tot.device).double() for x in sums])
         tot = self.accel.reduce(tot, reduction="sum")
         loss = float(tot[0] / tot[1].clamp(min=1))
-        out = {"validation_loss": loss, "perplexity": perplexity(loss),
-               "token_accuracy": float(tot[2] / tot[1].clamp(min=1))}
+        if dpo:  # a preference loss has no perplexity
+            out = {"validation_loss": loss, "reward_accuracy": float(tot[2] / tot[1]),
+                   "reward_margin": float(tot[3] / tot[1])}
+        else:
+            out = {"validation_loss": loss, "perplexity": perplexity(loss),
+                   "token_accuracy": float(tot[2] / tot[1].clamp(min=1))}
         if self.gen_sample:
             out["validation_exact_match"] = self._sample_exact_match()
         self.model.train()
@@ -495,13 +547,18 @@ class Trainer:
                     first_loss = loss if first_loss is None else first_loss
                     last_loss = loss
                     rate = tokens * self.world / max(time.time() - t0, 1e-9)
+                    # accuracy: of labelled tokens, or (dpo) of pairs ranked right
+                    quality = {"reward_accuracy": acc, "reward_margin": self.last_margin} \
+                        if cfg.type == "dpo" else {"token_accuracy": acc}
                     if writer:
-                        writer.train(step, epoch, loss, token_accuracy=acc,
+                        writer.train(step, epoch, loss, **quality,
                                      learning_rate=self.scheduler.get_last_lr()[0],
                                      tokens_per_second=rate)
                     step += 1
+                    shown = {"margin": self.last_margin} if cfg.type == "dpo" else {}
                     self.progress(ProgressEvent("train", step, self.total_steps, {
-                        "loss": loss, "acc": acc, "tok/s": round(rate), "epoch": epoch}))
+                        "loss": loss, "acc": acc, **shown, "tok/s": round(rate),
+                        "epoch": epoch}))
                     at_ckpt = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
                     if (cfg.eval_every and step % cfg.eval_every == 0) or (
                             at_ckpt and not cfg.eval_every):
@@ -555,28 +612,28 @@ class Trainer:
     def _step(self, group: list[list[int]]) -> tuple[float, float, int]:
         enc = self.train.encoded
         n_label = sum(self.label_counts[i] for bi in group for i in bi)
-        tot_loss, tot_correct, ntok = 0.0, 0, 0
+        tot_loss, tot_correct, tot_extra, ntok = 0.0, 0, 0.0, 0
         for j, bi in enumerate(group):
             batch = self._batch([enc[i] for i in bi], packed=self.cfg.grouping == "packed")
             sync = j == len(group) - 1
             ctx = contextlib.nullcontext() if sync else self.accel.no_sync(self.loss_mod)
             with ctx:
                 with self._autocast():
-                    loss_sum, n, correct = self.loss_mod(batch["input_ids"], batch["labels"],
-                                                         batch["attention_mask"],
-                                                         batch.get("position_ids"))
+                    loss_sum, _n, correct, *extra = self._forward(batch)
                 self.accel.backward(loss_sum / max(n_label, 1))
             tot_loss += float(loss_sum.detach())
             tot_correct += int(correct.detach())
+            tot_extra += sum(float(x) for x in extra)
             ntok += batch["n_tokens"]
         params = [p for p in self.loss_mod.parameters() if p.requires_grad]
         self.accel.clip_grad_norm_(params, 1.0)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stats = torch.tensor([tot_loss, tot_correct, n_label], dtype=torch.float64,
+        stats = torch.tensor([tot_loss, tot_correct, n_label, tot_extra], dtype=torch.float64,
                              device=self.accel.device)
         stats = self.accel.reduce(stats, reduction="sum")
+        self.last_margin = float(stats[3] / stats[2].clamp(min=1))  # preference pairs only
         return float(stats[0] / stats[2].clamp(min=1)), float(stats[1] / stats[2].clamp(
             min=1)), ntok
 
@@ -614,7 +671,8 @@ class Trainer:
         val = self.validate()
         if val and writer:
             writer.validation(step, epoch, val["validation_loss"],
-                              token_accuracy=val["token_accuracy"])
+                              **{k: v for k, v in val.items()
+                                 if k not in ("validation_loss", "perplexity")})
             self.progress(ProgressEvent("validate", step, None, val))
         return val
 
