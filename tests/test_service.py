@@ -468,6 +468,48 @@ def test_continued_pre_training_job(server):
     assert ft["status"] == "Failed" and "CONTINUED_PRE_TRAINING" in ft["failureMessage"]
 
 
+def test_preference_tuning_job_on_a_custom_model(server):
+    """The usual recipe through boto3: a FINE_TUNING job, then a FINE_TUNING job with
+    hyperParameters type=dpo on top of its custom model with preference pairs; the pairs are
+    checked like any data (a broken one is named by line and field)."""
+    from test_preference import openai_rows, pair_rows
+
+    bedrock = server.client()
+    sft = _wait(bedrock, _create(bedrock, "sft", "m-sft", server.put("p/sft.jsonl",
+                                                                       mapping_rows(32))))
+    assert sft["status"] == "Completed", sft.get("failureMessage")
+    pairs = server.put("p/pairs.jsonl", pair_rows(64))
+    val = server.put("p/val.jsonl", openai_rows(8))
+    hp = {"type": "dpo", "loss": "dpo", "beta": "0.1", "method": "full", "epochCount": "4",
+          "batchSize": "8", "learningRate": "0.01", "precision": "fp32", "warmup_steps": "0"}
+    arn = _create(bedrock, "dpo", "m-dpo", pairs, base="m-sft", hp=hp,
+                  validationDataConfig={"validators": [{"s3Uri": val}]})
+    j = _wait(bedrock, arn)
+    assert j["status"] == "Completed", j.get("failureMessage")
+    assert j["hyperParameters"]["type"] == "dpo"
+    assert j["baseModelArn"] == sft["outputModelArn"]
+    rec = json.loads((server.home / "custom-models" / "m-dpo.json").read_text())
+    assert rec["lineage"][-2:] == ["m-sft", "m-dpo"]
+    out = server.bucket / "fine-tuning" / "output" / f"model-customization-job-{arn[-12:]}"
+    log = [json.loads(x) for x in (out / "training_artifacts" / "training_log.jsonl")
+           .read_text().splitlines()]
+    last_val = [r for r in log if r["kind"] == "validation"][-1]
+    # learning: below -log sigmoid(0) = 0.693, where every pair starts; most pairs ranked right
+    assert last_val["loss"] < 0.6 and last_val["reward_margin"] > 0.1, last_val
+    assert last_val["reward_accuracy"] >= 0.75, last_val
+    assert any("reward accuracy" in e["message"] for e in server.events("dpo")), \
+        server.events("dpo")
+    # a pair without its non-preferred answer: the job fails in validation, saying where
+    bad = server.put("p/bad.jsonl", pair_rows(8) + [{"prompt": "x", "chosen": "y"}])
+    j = _wait(bedrock, _create(bedrock, "dpo-bad", "m-bad", bad, base="m-sft", hp=hp))
+    assert j["status"] == "Failed" and "line 9" in j["failureMessage"] and \
+        "'rejected'" in j["failureMessage"], j["failureMessage"]
+    # preference pairs without type=dpo are refused with the way out
+    j = _wait(bedrock, _create(bedrock, "sft-on-pairs", "m-bad2", pairs))
+    assert j["status"] == "Failed" and "type" in j["failureMessage"] and \
+        "dpo" in j["failureMessage"], j["failureMessage"]
+
+
 @pytest.mark.slow
 def test_default_model_job(tmp_path, tiny_model_dir):
     """One job on the real default model (SmolLM2-135M-Instruct), a few steps."""

@@ -92,23 +92,25 @@ def run(job_id: str, settings: Settings) -> int:
             loc = storage.locate(v["s3Uri"], "validationDataConfig.validators[0].s3Uri")
             valid_path = storage.fetch(loc, jobdir / "inputs" / "validation",
                                        "validationDataConfig.validators[0].s3Uri")
+        from afinar.training.config import parse_train_config, request_hyperparameters
+
         cpt = row.customization_type == "CONTINUED_PRE_TRAINING"
-        _validate_data(engine, job_id, train_path, "training", cpt)
+        values = {"checkpoint_every": 20}
+        values.update(request_hyperparameters(req.get("hyperParameters") or {}))
+        if cpt or values.get("type") not in ("sft", "classify", "dpo"):
+            values["type"] = "cpt" if cpt else "sft"
+        _validate_data(engine, job_id, train_path, "training", values["type"])
         if valid_path:
-            _validate_data(engine, job_id, valid_path, "validation", cpt)
+            _validate_data(engine, job_id, valid_path, "validation", values["type"])
         set_phase(engine, job_id, "validationDetails", "Completed")
         if should_stop():
             return stopped()
 
         # -- data processing -------------------------------------------------------------------
         set_phase(engine, job_id, "dataProcessingDetails", "InProgress")
-        from afinar.training.config import parse_train_config, request_hyperparameters
+        from afinar.training.metrics import describe_validation
         from afinar.training.trainer import Trainer
 
-        values = {"checkpoint_every": 20}
-        values.update(request_hyperparameters(req.get("hyperParameters") or {}))
-        if cpt or values.get("type") not in ("sft", "classify"):
-            values["type"] = "cpt" if cpt else "sft"
         values.update(train_data=str(train_path),
                       base_model=row.base_model,
                       output_dir=str(jobdir / "run"), name=row.output_model_name)
@@ -125,14 +127,15 @@ def run(job_id: str, settings: Settings) -> int:
             if ev.stage == "train" and ev.metrics and (now - state["last_event"] > 10
                                                     or ev.current == ev.total):
                 state["last_event"] = now
+                acc = (f"reward accuracy {ev.metrics.get('acc', 0):.3f} margin "
+                       f"{ev.metrics['margin']:.3f}" if "margin" in ev.metrics else
+                       f"token accuracy {ev.metrics.get('acc', 0):.3f}")
                 add_event(engine, job_id, f"step {ev.current}/{ev.total} loss "
-                          f"{ev.metrics['loss']:.4f} token accuracy {ev.metrics.get('acc', 0):.3f} "
+                          f"{ev.metrics['loss']:.4f} {acc} "
                           f"{ev.metrics.get('tok/s', 0)} tokens/s")
             elif ev.stage == "validate" and ev.metrics:
-                em = ev.metrics.get("validation_exact_match")
-                add_event(engine, job_id, f"validation at step {ev.current}: loss "
-                          f"{ev.metrics['validation_loss']:.4f}" + (
-                              f", exact match on a sample {em:.0%}" if em is not None else ""))
+                add_event(engine, job_id, f"validation at step {ev.current}: "
+                          f"{describe_validation(ev.metrics)}")
             elif ev.stage not in ("train", "validate") and ev.total is None and ev.metrics:
                 add_event(engine, job_id, f"{ev.stage}: {ev.message or ev.metrics}")
 
@@ -206,11 +209,11 @@ def run(job_id: str, settings: Settings) -> int:
         return 1
 
 
-def _validate_data(engine, job_id: str, path: Path, role: str, cpt: bool) -> None:
+def _validate_data(engine, job_id: str, path: Path, role: str, kind: str) -> None:
     from afinar.data.check import check_file
-    from afinar.data.schema import SUPERVISED, UNLABELLED
+    from afinar.data.schema import PREFERENCE, SUPERVISED, UNLABELLED
 
-    expected = UNLABELLED if cpt else SUPERVISED
+    expected = {"cpt": UNLABELLED, "dpo": PREFERENCE}.get(kind, SUPERVISED)
     rep = check_file(path, expected_schema=expected)
     add_event(engine, job_id, f"{role} data: {rep.records} records, {rep.valid} valid, schema "
               f"{rep.schema or 'unknown'}")
@@ -229,8 +232,16 @@ def _validate_data(engine, job_id: str, path: Path, role: str, cpt: bool) -> Non
         if not rep.errors:
             msg = f"{role} data has no usable records"
         if any(e.get("code") == "wrong_schema" for e in rep.errors):
-            msg += (" (plain text records are for customizationType CONTINUED_PRE_TRAINING)"
-                    if not cpt else " (CONTINUED_PRE_TRAINING takes {\"input\": text} records)")
+            if kind == "cpt":
+                msg += " (CONTINUED_PRE_TRAINING takes {\"input\": text} records)"
+            elif kind == "dpo":
+                msg += (" (hyperParameters type dpo takes preference pairs: {\"input\", "
+                        "\"preferred_output\", \"non_preferred_output\"} or {\"prompt\", "
+                        "\"chosen\", \"rejected\"})")
+            elif rep.schema == "preference":
+                msg += " (preference pairs train with hyperParameters {\"type\": \"dpo\"})"
+            else:
+                msg += " (plain text records are for customizationType CONTINUED_PRE_TRAINING)"
         raise DataError(msg)
 
 

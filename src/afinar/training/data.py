@@ -43,7 +43,8 @@ def prepare(path: str, tokenizer, max_length: int, skip_invalid: bool = False,
                             and not any(i.code == "wrong_schema" for i in norm.issues)):
         raise DataError(f"{path}: {len(norm.issues)} problem(s) in the {role} data; nothing "
                         f"was trained", norm.issues,
-                        hint="preference pairs train with --type dpo"
+                        hint="preference pairs train with type dpo: afinar train --type "
+                             "dpo, or hyperParameters {\"type\": \"dpo\"} in a job"
                         if norm.schema == "preference" else
                         f"fix them (afinar data check {path}) or pass --skip-invalid")
     out = PreparedData(path, norm.schema, [], len(read.records),
