@@ -83,6 +83,28 @@ def test_sequence_logps_equal_the_full_forward(tiny_model_dir, tokenizer):
                                                       add_special_tokens=False)["input_ids"])
 
 
+def test_sft_weight_adds_the_preferred_answers_nll(tiny_model_dir, tokenizer, tmp_path):
+    from afinar.models.loading import load_causal_lm
+    from afinar.training.preference import (
+        PreferenceLoss,
+        collate_pairs,
+        prepare_pairs,
+        sequence_logps,
+    )
+
+    data = prepare_pairs(str(write_jsonl(tmp_path / "p.jsonl", pair_rows(4))), tokenizer, 64)
+    b = collate_pairs(data.encoded, tokenizer.pad_token_id)
+    model = load_causal_lm(str(tiny_model_dir), torch.float32, "cpu").eval()
+    with torch.no_grad():
+        lp, n = sequence_logps(model, b["input_ids"], b["labels"], b["attention_mask"])
+        ref = lp + 0.5  # any reference
+        plain = PreferenceLoss(model, "dpo", 0.1)(b["input_ids"], b["labels"], None, ref)
+        rpo = PreferenceLoss(model, "dpo", 0.1, 2.0)(b["input_ids"], b["labels"], None, ref)
+    nll = -(lp[:4] / n[:4]).sum()
+    torch.testing.assert_close(rpo[0] - plain[0], 2.0 * nll, rtol=1e-4, atol=1e-4)
+    assert rpo[2:] == plain[2:]  # rewards (accuracy, margin) are the preference's alone
+
+
 def test_dpo_moves_the_policy_toward_the_preferred_answers(tmp_path, tiny_model_dir,
                                                            tokenizer_dir, settings):
     # validation in OpenAI's preference format, with other non-preferred answers than training
@@ -178,6 +200,9 @@ def test_bad_preference_runs_fail_before_training(tmp_path, tiny_model_dir, sett
         parse_train_config({"train_data": "x", "beta": 0.2})
     with pytest.raises(ConfigError, match="packed"):
         parse_train_config({"train_data": "x", "type": "dpo", "grouping": "packed"})
+    with pytest.raises(ConfigError, match="orpo has its own"):
+        parse_train_config({"train_data": "x", "type": "dpo", "loss": "orpo",
+                            "sft_weight": 1})
     with pytest.raises(ConfigError, match="beta"):
         parse_train_config({"train_data": "x", "type": "dpo", "beta": 0})
     assert not (tmp_path / "run").exists()  # nothing was started

@@ -65,6 +65,10 @@ class TrainConfig(BaseModel):
         "dpo", description="type dpo: the preference loss. dpo (sigmoid), ipo, hinge (SLiC) "
         "against the starting model as reference; orpo: no reference, adds the preferred "
         "answers' likelihood (so it can start from a base model).")
+    sft_weight: float = Field(0.0, ge=0, le=10, description="type dpo (dpo/ipo/hinge): add "
+                              "this weight x the preferred answers' negative log-likelihood "
+                              "(per token) to the loss (RPO; TRL's rpo_alpha): keeps the "
+                              "preferred answers likely while the pair's gap grows.")
     beta: float = Field(0.1, gt=0, le=10, description="type dpo: the strength of the "
                         "preference against staying near the reference (dpo/ipo/hinge), or "
                         "the weight of the odds-ratio term (orpo).")
@@ -180,9 +184,12 @@ class TrainConfig(BaseModel):
             raise ValueError("scratch_size (training from scratch) needs type=cpt: a corpus")
         if self.scratch_size and self.method != "full":
             raise ValueError("training from scratch trains every weight: set method=full")
-        if self.type != "dpo" and ("loss" in self.model_fields_set or
-                                   "beta" in self.model_fields_set):
-            raise ValueError("loss and beta are settings of preference tuning: set type=dpo")
+        if self.type != "dpo" and {"loss", "beta", "sft_weight"} & self.model_fields_set:
+            raise ValueError("loss, beta and sft_weight are settings of preference tuning: "
+                             "set type=dpo")
+        if self.sft_weight and self.loss == "orpo":
+            raise ValueError("sft_weight is for the dpo, ipo and hinge losses: orpo has its "
+                             "own likelihood term (weighted by beta)")
         if self.type == "dpo" and self.grouping == "packed":
             raise ValueError("grouping=packed is not available for type=dpo (each pair's two "
                              "answers are scored separately): use length or random")
@@ -209,7 +216,7 @@ class TrainConfig(BaseModel):
         d["train_data"] = str(Path(self.train_data).resolve())
         d["learning_rate"] = self.lr
         if self.type == "dpo":
-            d.update(loss=self.loss, beta=self.beta)
+            d.update(loss=self.loss, beta=self.beta, sft_weight=self.sft_weight)
         return d
 
 

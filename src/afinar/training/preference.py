@@ -15,6 +15,9 @@ at zero), and kept with the pairs: no second model in memory and no reference fo
 - hinge: relu(1 - beta * ((pc - rc) - (pr - rr)))       (SLiC)
 - orpo:  NLL of the preferred answer - beta * log sigmoid(log odds(c) - log odds(r)), with
          length-averaged log-probabilities; no reference (Hong et al.).
+With sft_weight w (dpo/ipo/hinge), w x the preferred answer's per-token NLL is added (RPO, TRL's
+rpo_alpha): DPO alone can lower both answers' likelihood while their gap grows, and the model's
+generations then degrade (measured on the Stripe task: benchmarks/README.md).
 Rewards (beta x log-ratio; ORPO: beta x the mean log-probability) give the reported margin and
 accuracy (the share of pairs whose preferred answer gets the higher reward).
 
@@ -140,9 +143,10 @@ class PreferenceLoss(nn.Module):
     """Wraps a (PEFT) causal LM; forward returns (summed loss, pairs, pairs ranked right,
     summed reward margin)."""
 
-    def __init__(self, model: nn.Module, loss: str = "dpo", beta: float = 0.1):
+    def __init__(self, model: nn.Module, loss: str = "dpo", beta: float = 0.1,
+                 sft_weight: float = 0.0):
         super().__init__()
-        self.model, self.loss, self.beta = model, loss, beta
+        self.model, self.loss, self.beta, self.sft_weight = model, loss, beta, sft_weight
 
     def forward(self, input_ids, labels, attention_mask=None, ref_logps=None):
         logps, n_tok = sequence_logps(self.model, input_ids, labels, attention_mask)
@@ -169,6 +173,8 @@ class PreferenceLoss(nn.Module):
             else:
                 raise ValueError(self.loss)
             rc, rr = beta * lc.detach(), beta * lr.detach()
+            if self.sft_weight:
+                losses = losses - self.sft_weight * pc / nc
         return losses.sum(), torch.tensor(b), (rc > rr).sum(), (rc - rr).sum()
 
 

@@ -340,7 +340,7 @@ class Trainer:
             self.loss_mod = ClassifierLoss(self.model, weights)
         elif cfg.type == "dpo":
             from afinar.training.preference import REFERENCE_FREE, PreferenceLoss
-            self.loss_mod = PreferenceLoss(self.model, cfg.loss, cfg.beta)
+            self.loss_mod = PreferenceLoss(self.model, cfg.loss, cfg.beta, cfg.sft_weight)
             if cfg.loss not in REFERENCE_FREE:
                 self._reference_logps()
         else:
