@@ -127,9 +127,10 @@ def run(job_id: str, settings: Settings) -> int:
             if ev.stage == "train" and ev.metrics and (now - state["last_event"] > 10
                                                     or ev.current == ev.total):
                 state["last_event"] = now
-                acc = (f"reward accuracy {ev.metrics.get('acc', 0):.3f} margin "
-                       f"{ev.metrics['margin']:.3f}" if "margin" in ev.metrics else
-                       f"token accuracy {ev.metrics.get('acc', 0):.3f}")
+                m = ev.metrics
+                acc = (f"reward accuracy {m.get('acc', 0):.3f} margin {m['margin']:.3f}"
+                       if "margin" in m else f"mean reward {m['mean_reward']:.3f}"
+                       if "mean_reward" in m else f"token accuracy {m.get('acc', 0):.3f}")
                 add_event(engine, job_id, f"step {ev.current}/{ev.total} loss "
                           f"{ev.metrics['loss']:.4f} {acc} "
                           f"{ev.metrics.get('tok/s', 0)} tokens/s")

@@ -27,6 +27,9 @@ BEDROCK_ALIASES = {
     "learningRateWarmupSteps": "warmup_steps",
     "earlyStoppingPatience": "early_stopping_patience",
     "earlyStoppingThreshold": "early_stopping_threshold",
+    "trainingSamplePerPrompt": "samples_per_prompt",  # RFT (rftConfig.hyperParameters)
+    "inferenceMaxTokens": "max_new_tokens",
+    "maxPromptLength": "max_prompt_length",
 }
 
 # Settings a request's hyperparameters may not set: they name files, folders or models, or
@@ -54,13 +57,14 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
-    type: Literal["sft", "cpt", "classify", "dpo"] = Field(
+    type: Literal["sft", "cpt", "classify", "dpo", "rft"] = Field(
         "sft", description="sft: supervised fine-tuning on prompt/answer data; cpt: continued "
         "pre-training on a corpus (.jsonl of {\"input\"}/{\"text\"}, .txt/.md files or a "
         "folder), packed into blocks of max_length tokens; classify: a sequence-classification "
         "head trained on {\"text\", \"label\"} data (e.g. base model all-minilm-l6-v2); "
         "dpo: preference tuning on pairs (OpenAI's input/preferred_output/"
-        "non_preferred_output or prompt/chosen/rejected) with the loss in `loss`.")
+        "non_preferred_output or prompt/chosen/rejected) with the loss in `loss`; rft: "
+        "reinforcement fine-tuning (GRPO) on prompts scored by `grader`.")
     loss: Literal["dpo", "ipo", "hinge", "orpo"] = Field(
         "dpo", description="type dpo: the preference loss. dpo (sigmoid), ipo, hinge (SLiC) "
         "against the starting model as reference; orpo: no reference, adds the preferred "
@@ -69,6 +73,27 @@ class TrainConfig(BaseModel):
                               "this weight x the preferred answers' negative log-likelihood "
                               "(per token) to the loss (RPO; TRL's rpo_alpha): keeps the "
                               "preferred answers likely while the pair's gap grows.")
+    grader: str = Field("json", description="type rft: what scores each sampled answer: "
+                        "exact, json (the same JSON value as item.reference_answer), fields "
+                        "(the share of its JSON fields), json_valid, a .json grader object "
+                        "(OpenAI's grader types and afinar's: eval/graders.py) or a .py file "
+                        "with grade(sample, item).")
+    samples_per_prompt: int = Field(4, ge=2, le=64, description="type rft: answers sampled "
+                                    "per prompt (Bedrock's trainingSamplePerPrompt).",
+                                    validation_alias=AliasChoices("samples_per_prompt",
+                                                                  "trainingSamplePerPrompt"))
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="type rft: the longest "
+                                "sampled answer in tokens (Bedrock's inferenceMaxTokens).",
+                                validation_alias=AliasChoices("max_new_tokens",
+                                                              "inferenceMaxTokens"))
+    max_prompt_length: int = Field(1024, ge=8, le=32768, description="type rft: the longest "
+                                   "prompt in tokens; longer ones are refused "
+                                   "(Bedrock's maxPromptLength).",
+                                   validation_alias=AliasChoices("max_prompt_length",
+                                                                 "maxPromptLength"))
+    temperature: float = Field(1.0, gt=0, le=2, description="type rft: sampling temperature.")
+    kl_coef: float = Field(0.0, ge=0, le=10, description="type rft, LoRA: weight of the KL to "
+                           "the starting model (0: none, as TRL's GRPO default).")
     beta: float = Field(0.1, gt=0, le=10, description="type dpo: the strength of the "
                         "preference against staying near the reference (dpo/ipo/hinge), or "
                         "the weight of the odds-ratio term (orpo).")
@@ -190,6 +215,14 @@ class TrainConfig(BaseModel):
         if self.sft_weight and self.loss == "orpo":
             raise ValueError("sft_weight is for the dpo, ipo and hinge losses: orpo has its "
                              "own likelihood term (weighted by beta)")
+        rft = {"grader", "samples_per_prompt", "max_new_tokens", "max_prompt_length",
+               "temperature", "kl_coef"} & self.model_fields_set
+        if self.type != "rft" and rft:
+            raise ValueError(f"{', '.join(sorted(rft))}: settings of reinforcement "
+                             f"fine-tuning: set type=rft")
+        if self.type == "rft" and self.kl_coef and self.method != "lora":
+            raise ValueError("kl_coef needs method=lora (the reference is the model with its "
+                             "adapter disabled)")
         if self.type == "dpo" and self.grouping == "packed":
             raise ValueError("grouping=packed is not available for type=dpo (each pair's two "
                              "answers are scored separately): use length or random")
@@ -217,6 +250,10 @@ class TrainConfig(BaseModel):
         d["learning_rate"] = self.lr
         if self.type == "dpo":
             d.update(loss=self.loss, beta=self.beta, sft_weight=self.sft_weight)
+        if self.type == "rft":
+            d.update(grader=self.grader, samples_per_prompt=self.samples_per_prompt,
+                     max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                     kl_coef=self.kl_coef)
         return d
 
 

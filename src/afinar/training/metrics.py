@@ -18,6 +18,8 @@ def perplexity(loss: float) -> float:
 
 def describe_validation(v: dict) -> str:
     """One line for a validation result: loss and what else it measured."""
+    if "mean_reward" in v:  # reinforcement fine-tuning: greedy answers, graded
+        return f"validation mean reward {v['mean_reward']:.4f}"
     if "reward_accuracy" in v:  # preference pairs
         return (f"validation loss {v['validation_loss']:.4f}, reward accuracy "
                 f"{v['reward_accuracy']:.3f}, reward margin {v['reward_margin']:.3f}")

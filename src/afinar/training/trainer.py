@@ -310,6 +310,16 @@ class Trainer:
             if cfg.validation_data:
                 self.valid = prepare_pairs(cfg.validation_data, self.tokenizer,
                                            cfg.max_length, cfg.skip_invalid, role="validation")
+        elif cfg.type == "rft":
+            from afinar.eval.graders import load_grader
+            from afinar.training.rft import prepare_prompts
+            self.grader = load_grader(cfg.grader)
+            self.train = prepare_prompts(cfg.train_data, self.tokenizer, cfg.max_prompt_length,
+                                         self.grader)
+            if cfg.validation_data:
+                self.valid = prepare_prompts(cfg.validation_data, self.tokenizer,
+                                             cfg.max_prompt_length, self.grader,
+                                             role="validation")
         elif cfg.type == "cpt":
             # streamed into token files next to the run, then read back by memory map
             tokens = self.out / "tokens"
@@ -343,6 +353,9 @@ class Trainer:
             self.loss_mod = PreferenceLoss(self.model, cfg.loss, cfg.beta, cfg.sft_weight)
             if cfg.loss not in REFERENCE_FREE:
                 self._reference_logps()
+        elif cfg.type == "rft":
+            from afinar.training.rft import Policy
+            self.loss_mod = Policy(self.model)
         else:
             self.loss_mod = SelectiveLMLoss(self.model)
         if (cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP")) and not self.fsdp:
@@ -359,7 +372,7 @@ class Trainer:
         lengths = self.lengths
         # what the loss is normalised by each step, counted once: labelled tokens per example
         # (a preference pair counts once)
-        if cfg.type == "dpo":
+        if cfg.type in ("dpo", "rft"):
             self.label_counts = [1] * len(self.train.encoded)
         elif hasattr(self.train, "label_counts"):
             self.label_counts = self.train.label_counts()
@@ -430,6 +443,8 @@ class Trainer:
     def validate(self) -> dict | None:
         if self.valid is None:
             return None
+        if self.cfg.type == "rft":
+            return self._validate_rewards()
         self.model.eval()
         enc = self.valid.encoded
         vlen = _lengths(self.valid)
@@ -454,6 +469,25 @@ class Trainer:
             out["validation_exact_match"] = self._sample_exact_match()
         self.model.train()
         return out
+
+    def _validate_rewards(self) -> dict:
+        """rft: greedy answers to the validation prompts, graded; the loss column is minus
+        the mean reward (lower is better, as for the other kinds)."""
+        from afinar.training.rft import sample
+
+        model = self.accel.unwrap_model(self.loss_mod).model
+        prompts, rewards = self.valid.encoded, []
+        for s in range(0, len(prompts), self.cfg.batch_size):
+            chunk = prompts[s:s + self.cfg.batch_size]
+            with self._autocast():
+                _, answers = sample(model, self.tokenizer, chunk, 1, self.cfg.max_new_tokens,
+                                    0.0, self.accel.device)
+            texts = [self.tokenizer.decode(a, skip_special_tokens=True).strip()
+                     for a in answers]
+            rewards += self.grader.grade_many(texts, [p.item for p in chunk])
+        mean = sum(rewards) / len(rewards)
+        model.train()
+        return {"validation_loss": -mean, "mean_reward": mean}
 
     def _structured_sample(self) -> list[tuple[list[int], str]]:
         """Up to GEN_SAMPLE validation examples whose answers are JSON (structured outputs):
@@ -547,18 +581,17 @@ class Trainer:
                     first_loss = loss if first_loss is None else first_loss
                     last_loss = loss
                     rate = tokens * self.world / max(time.time() - t0, 1e-9)
-                    # accuracy: of labelled tokens, or (dpo) of pairs ranked right
-                    quality = {"reward_accuracy": acc, "reward_margin": self.last_margin} \
-                        if cfg.type == "dpo" else {"token_accuracy": acc}
                     if writer:
-                        writer.train(step, epoch, loss, **quality,
+                        writer.train(step, epoch, loss, **self.step_metrics,
                                      learning_rate=self.scheduler.get_last_lr()[0],
                                      tokens_per_second=rate)
                     step += 1
-                    shown = {"margin": self.last_margin} if cfg.type == "dpo" else {}
+                    shown = {"acc": acc} if cfg.type != "rft" else {
+                        k: v for k, v in self.step_metrics.items() if k in ("mean_reward", "kl")}
+                    if cfg.type == "dpo":
+                        shown["margin"] = self.step_metrics["reward_margin"]
                     self.progress(ProgressEvent("train", step, self.total_steps, {
-                        "loss": loss, "acc": acc, **shown, "tok/s": round(rate),
-                        "epoch": epoch}))
+                        "loss": loss, **shown, "tok/s": round(rate), "epoch": epoch}))
                     at_ckpt = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
                     if (cfg.eval_every and step % cfg.eval_every == 0) or (
                             at_ckpt and not cfg.eval_every):
@@ -609,7 +642,55 @@ class Trainer:
         accel.wait_for_everyone()
         return res
 
+    def _rft_step(self, group: list[list[int]]) -> tuple[float, float, int]:
+        """One GRPO update (training/rft.py): sample, grade, advantages, policy gradient."""
+        from afinar.training.rft import advantages, answer_logps, sample
+
+        cfg, tok, dev = self.cfg, self.tokenizer, self.accel.device
+        model = self.accel.unwrap_model(self.loss_mod).model
+        n = cfg.samples_per_prompt
+        prompts = [self.train.encoded[i] for bi in group for i in bi]
+        with self._autocast():
+            rows, answers = sample(model, tok, prompts, n, cfg.max_new_tokens,
+                                   cfg.temperature, dev)
+        texts = [tok.decode(a, skip_special_tokens=True).strip() for a in answers]
+        rewards = torch.tensor(self.grader.grade_many(
+            texts, [p.item for p in prompts for _ in range(n)]), dtype=torch.float32)
+        adv = advantages(rewards, n).to(dev)
+        n_tok = max(sum(len(a) for a in answers), 1)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        loss_total, kl_total = 0.0, 0.0
+        for s in range(0, len(rows), cfg.batch_size):  # forward in chunks of batch_size rows
+            with self._autocast():
+                lp, mask = answer_logps(model, rows[s:s + cfg.batch_size],
+                                        answers[s:s + cfg.batch_size], pad, dev)
+                loss = -(adv[s:s + cfg.batch_size, None] * lp * mask).sum() / n_tok
+                if cfg.method == "lora":  # the KL to the start: the adapter disabled
+                    with torch.no_grad(), model.disable_adapter():
+                        ref, _ = answer_logps(model, rows[s:s + cfg.batch_size],
+                                              answers[s:s + cfg.batch_size], pad, dev)
+                    d = ref - lp
+                    kl = ((torch.exp(d) - d - 1) * mask).sum() / n_tok  # k3 estimator
+                    kl_total += float(kl.detach())
+                    if cfg.kl_coef:
+                        loss = loss + cfg.kl_coef * kl
+            self.accel.backward(loss)
+            loss_total += float(loss.detach())
+        params = [p for p in self.loss_mod.parameters() if p.requires_grad]
+        self.accel.clip_grad_norm_(params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        spread = float(rewards.view(-1, n).std(1, unbiased=False).mean())
+        self.step_metrics = {"mean_reward": float(rewards.mean()), "reward_spread": spread,
+                             "answer_length": sum(len(a) for a in answers) / len(answers)}
+        if cfg.method == "lora":
+            self.step_metrics["kl"] = kl_total
+        return loss_total, float(rewards.mean()), sum(len(r) for r in rows) + n_tok
+
     def _step(self, group: list[list[int]]) -> tuple[float, float, int]:
+        if self.cfg.type == "rft":
+            return self._rft_step(group)
         enc = self.train.encoded
         n_label = sum(self.label_counts[i] for bi in group for i in bi)
         tot_loss, tot_correct, tot_extra, ntok = 0.0, 0, 0.0, 0
@@ -633,9 +714,12 @@ class Trainer:
         stats = torch.tensor([tot_loss, tot_correct, n_label, tot_extra], dtype=torch.float64,
                              device=self.accel.device)
         stats = self.accel.reduce(stats, reduction="sum")
-        self.last_margin = float(stats[3] / stats[2].clamp(min=1))  # preference pairs only
-        return float(stats[0] / stats[2].clamp(min=1)), float(stats[1] / stats[2].clamp(
-            min=1)), ntok
+        acc = float(stats[1] / stats[2].clamp(min=1))
+        # accuracy: of labelled tokens, or (dpo) of pairs ranked right
+        self.step_metrics = {"reward_accuracy": acc, "reward_margin": float(
+            stats[3] / stats[2].clamp(min=1))} if self.cfg.type == "dpo" else {
+            "token_accuracy": acc}
+        return float(stats[0] / stats[2].clamp(min=1)), acc, ntok
 
     @torch.no_grad()
     def classification_report(self) -> dict:
