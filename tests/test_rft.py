@@ -9,6 +9,7 @@ import pytest
 from afinar.errors import ConfigError, DataError
 from afinar.training.config import parse_train_config
 from afinar.training.trainer import train
+
 from conftest import COLORS, THINGS, write_jsonl
 
 
