@@ -21,7 +21,6 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -117,20 +116,9 @@ def worker_trl(args) -> dict:
             "precision": "bfloat16" if bf16 else "float32"}
 
 
-def run_worker(engine: str, data: Path, steps: int, extra: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--worker", engine, "--data", str(data), "--steps",
-           str(steps)] + extra
-    r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {
-        "TOKENIZERS_PARALLELISM": "false"})
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-    if r.returncode != 0 or not lines:
-        sys.stderr.write(r.stderr[-3000:])
-        raise SystemExit(f"{engine} worker failed ({r.returncode})")
-    return json.loads(lines[-1][7:])
-
-
 def main() -> None:
     from defaults_suite import cpu_features
+    from train_throughput import run_worker
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)
@@ -149,7 +137,8 @@ def main() -> None:
     data = make_pairs(Path(tempfile.mkdtemp()), args.pairs)
     plan = {"trl_dpo": ("trl", []), "trl_dpo_precomputed": ("trl", ["--precompute"]),
             "afinar_dpo": ("afinar", [])}
-    runs = {k: run_worker(e, data, args.steps, x) for k, (e, x) in plan.items()}
+    runs = {k: run_worker(e, data, args.steps, x, script=__file__)
+            for k, (e, x) in plan.items()}
     print(f"CPU: {cpu_features()}; {os.cpu_count()} cores; {args.pairs} pairs, "
           f"{args.steps} timed steps of 8 pairs")
     print(f"{'engine':<22}{'precision':>10}{'pairs/s':>9}{'vs TRL':>8}{'set-up s':>10}"

@@ -19,14 +19,13 @@ import copy
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from defaults_suite import cpu_features  # noqa: E402
+from defaults_suite import _afinar, cpu_features  # noqa: E402
 
 from afinar.data.readers import write_jsonl  # noqa: E402
 from afinar.data.schema import serialize_value  # noqa: E402
@@ -35,15 +34,6 @@ from afinar.demo.stripe_data import SYSTEM, generate  # noqa: E402
 CALLS = ["stripe.subscriptions.create", "stripe.customers.create",
          "stripe.payment_intents.create", "stripe.refunds.create",
          "stripe.subscriptions.cancel", "stripe.invoices.create"]
-
-
-def _afinar(args: list[str], home: Path) -> dict:
-    env = dict(os.environ, AFINAR_HOME=str(home))
-    r = subprocess.run([sys.executable, "-m", "afinar.cli.main", *args, "--json"], env=env,
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"afinar {' '.join(args[:2])} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout)
 
 
 def corrupt(output: dict, rng: random.Random) -> dict:

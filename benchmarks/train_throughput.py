@@ -134,8 +134,10 @@ def worker_trl(args) -> dict:
             "steps": args.steps}
 
 
-def run_worker(engine: str, data: Path, steps: int, extra: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--worker", engine, "--data", str(data), "--steps",
+def run_worker(engine: str, data: Path, steps: int, extra: list[str],
+               script: str = __file__) -> dict:
+    """Run `script --worker engine ...` in its own process; its RESULT line as a dict."""
+    cmd = [sys.executable, script, "--worker", engine, "--data", str(data), "--steps",
            str(steps)] + extra
     r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {
         "TOKENIZERS_PARALLELISM": "false"})

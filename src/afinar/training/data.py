@@ -32,21 +32,47 @@ class PreparedData:
                 "dropped_no_target": self.dropped_no_target}
 
 
-def prepare(path: str, tokenizer, max_length: int, skip_invalid: bool = False,
-            role: str = "training") -> PreparedData:
+def read_checked(path: str, expected: set[str], skip_invalid: bool, role: str,
+                 wrong_schema_hint=lambda schema: None):
+    """Read and normalise a data file, raising DataError with every issue (unless
+    skip_invalid may drop them); `wrong_schema_hint(schema)` says what to do with a file of
+    another kind."""
     read = read_records(path)
-    norm = normalize(read, expected=SUPERVISED | UNLABELLED)
+    norm = normalize(read, expected=expected)
     if norm.schema is None:
         raise DataError(f"{path}: no usable records in the {role} data", norm.issues,
                         hint=f"run: afinar data check {path}")
-    if norm.issues and not (skip_invalid and norm.examples
-                            and not any(i.code == "wrong_schema" for i in norm.issues)):
+    wrong = any(i.code == "wrong_schema" for i in norm.issues)
+    if norm.issues and not (skip_invalid and norm.examples and not wrong):
         raise DataError(f"{path}: {len(norm.issues)} problem(s) in the {role} data; nothing "
                         f"was trained", norm.issues,
-                        hint="preference pairs train with type dpo: afinar train --type "
-                             "dpo, or hyperParameters {\"type\": \"dpo\"} in a job"
-                        if norm.schema == "preference" else
+                        hint=(wrong and wrong_schema_hint(norm.schema)) or
                         f"fix them (afinar data check {path}) or pass --skip-invalid")
+    return read, norm
+
+
+def finish(out: PreparedData, role: str, max_length: int, unit: str = "example"
+           ) -> PreparedData:
+    """The truncation and dropped-answer warnings; an error when nothing is left."""
+    if out.truncated:
+        out.warnings.append(f"{out.truncated} {role} {unit}(s) longer than max_length="
+                            f"{max_length} were truncated")
+    if out.dropped_no_target:
+        out.warnings.append(f"{out.dropped_no_target} {role} {unit}(s) had no answer tokens "
+                            f"left after truncation and were dropped; raise max_length")
+    if not out.encoded:
+        raise DataError(f"{out.path}: no {role} {unit}s left after tokenization",
+                        hint="raise --max-length; the prompts fill the whole window")
+    return out
+
+
+def prepare(path: str, tokenizer, max_length: int, skip_invalid: bool = False,
+            role: str = "training") -> PreparedData:
+    read, norm = read_checked(
+        path, SUPERVISED | UNLABELLED, skip_invalid, role,
+        lambda schema: "preference pairs train with type dpo: afinar train --type dpo, or "
+                       "hyperParameters {\"type\": \"dpo\"} in a job"
+        if schema == "preference" else None)
     out = PreparedData(path, norm.schema, [], len(read.records),
                        skipped_invalid=len(norm.issues))
     for ex in norm.examples:
@@ -57,13 +83,4 @@ def prepare(path: str, tokenizer, max_length: int, skip_invalid: bool = False,
             out.dropped_no_target += 1
             continue
         out.encoded.append(enc)
-    if out.truncated:
-        out.warnings.append(f"{out.truncated} {role} example(s) longer than max_length="
-                            f"{max_length} were truncated")
-    if out.dropped_no_target:
-        out.warnings.append(f"{out.dropped_no_target} {role} example(s) had no answer tokens "
-                            f"left after truncation and were dropped; raise max_length")
-    if not out.encoded:
-        raise DataError(f"{path}: no {role} examples left after tokenization",
-                        hint="raise --max-length; the prompts fill the whole window")
-    return out
+    return finish(out, role, max_length)

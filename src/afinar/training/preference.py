@@ -35,11 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from afinar.data.readers import read_records
-from afinar.data.schema import PREFERENCE, Example, normalize
+from afinar.data.schema import PREFERENCE, Example
 from afinar.data.tokenize import IGNORE_INDEX, Encoded, encode_example
-from afinar.errors import DataError
-from afinar.training.data import PreparedData
+from afinar.training.data import PreparedData, finish, read_checked
 from afinar.training.loss import _causal_lm
 
 LOSSES = ("dpo", "ipo", "hinge", "orpo")
@@ -68,20 +66,11 @@ def _encode_side(tokenizer, ex: Example, messages: list[dict], k: int, max_lengt
 def prepare_pairs(path: str, tokenizer, max_length: int, skip_invalid: bool = False,
                   role: str = "training") -> PreparedData:
     """Read, check and encode preference data: PreparedData whose `encoded` are Pairs."""
-    read = read_records(path)
-    norm = normalize(read, expected=PREFERENCE)
-    if norm.schema is None:
-        raise DataError(f"{path}: no usable records in the {role} data", norm.issues,
-                        hint=f"run: afinar data check {path}")
-    if norm.issues and not (skip_invalid and norm.examples
-                            and not any(i.code == "wrong_schema" for i in norm.issues)):
-        raise DataError(f"{path}: {len(norm.issues)} problem(s) in the {role} data; nothing "
-                        f"was trained", norm.issues,
-                        hint=f"fix them (afinar data check {path}) or pass --skip-invalid"
-                        if norm.schema == "preference" else
-                        "preference tuning needs pairs: {\"input\", \"preferred_output\", "
-                        "\"non_preferred_output\"} or {\"prompt\", \"chosen\", \"rejected\"}; "
-                        "for labelled answers use --type sft")
+    read, norm = read_checked(
+        path, PREFERENCE, skip_invalid, role,
+        lambda _: "preference tuning needs pairs: {\"input\", \"preferred_output\", "
+                  "\"non_preferred_output\"} or {\"prompt\", \"chosen\", \"rejected\"}; for "
+                  "labelled answers use --type sft")
     out = PreparedData(path, norm.schema, [], len(read.records),
                        skipped_invalid=len(norm.issues))
     for ex in norm.examples:
@@ -94,16 +83,7 @@ def prepare_pairs(path: str, tokenizer, max_length: int, skip_invalid: bool = Fa
             out.dropped_no_target += 1
             continue
         out.encoded.append(Pair(good, bad, ex.line))
-    if out.truncated:
-        out.warnings.append(f"{out.truncated} {role} pair(s) longer than max_length="
-                            f"{max_length} were truncated")
-    if out.dropped_no_target:
-        out.warnings.append(f"{out.dropped_no_target} {role} pair(s) had no answer tokens "
-                            f"left after truncation and were dropped; raise max_length")
-    if not out.encoded:
-        raise DataError(f"{path}: no {role} pairs left after tokenization",
-                        hint="raise --max-length; the prompts fill the whole window")
-    return out
+    return finish(out, role, max_length, unit="pair")
 
 
 def collate_pairs(pairs: list[Pair], pad_id: int) -> dict:
