@@ -312,6 +312,10 @@ class Trainer:
                                            cfg.max_length, cfg.skip_invalid, role="validation")
         elif cfg.type == "rft":
             from afinar.eval.graders import load_grader
+            if self.accel.num_processes > 1:  # the GRPO step calls the unwrapped model
+                raise TrainingError("reinforcement fine-tuning runs on one process for now",
+                                    hint="run afinar train --type rft without torchrun / "
+                                         "accelerate launch")
             from afinar.training.rft import prepare_prompts
             self.grader = load_grader(cfg.grader)
             self.train = prepare_prompts(cfg.train_data, self.tokenizer, cfg.max_prompt_length,
