@@ -40,7 +40,6 @@ from afinar.data.tokenize import IGNORE_INDEX, Encoded, encode_example
 from afinar.training.data import PreparedData, finish, read_checked
 from afinar.training.loss import _causal_lm
 
-LOSSES = ("dpo", "ipo", "hinge", "orpo")
 REFERENCE_FREE = {"orpo"}
 
 
