@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError, ParamValidationError
 
 from servers import CLAUDE, ROLE, Server, _free_port
 
-from conftest import mapping_rows
+from conftest import COLORS, THINGS, mapping_rows
 
 
 @pytest.fixture
@@ -508,6 +508,69 @@ def test_preference_tuning_job_on_a_custom_model(server):
     j = _wait(bedrock, _create(bedrock, "sft-on-pairs", "m-bad2", pairs))
     assert j["status"] == "Failed" and "type" in j["failureMessage"] and \
         "dpo" in j["failureMessage"], j["failureMessage"]
+
+
+GRADER_ARN = "arn:aws:lambda:us-east-1:000000000000:function:colour-grader"
+
+
+def test_reinforcement_fine_tuning_job(tmp_path, tiny_model_dir):
+    """REINFORCEMENT_FINE_TUNING through boto3: rftConfig's lambdaGrader ARN names a grader
+    registered in the server's settings (a Python file here); rftConfig's hyperparameters are
+    Bedrock's; the job samples, grades and trains on top of a custom model and records the
+    rewards. Unregistered graders and unsupported settings are refused by name."""
+    from test_rft import prompts
+
+    grader = tmp_path / "grader.py"
+    grader.write_text("def grade(sample, item):\n"
+                      "    return float(sample['output_text'] == item['reference_answer'])\n")
+    srv = Server(tmp_path / "srv", tiny_model_dir,
+                 extra_toml=f'[graders]\n"{GRADER_ARN}" = "{grader}"').start()
+    try:
+        bedrock = srv.client()
+        uniform = [{"prompt": f"Colour of {THINGS[i % 4]}?",
+                    "completion": COLORS[(i // 4) % 4]} for i in range(64)]
+        sft = _wait(bedrock, _create(bedrock, "sft", "m-sft", srv.put("r/sft.jsonl", uniform),
+                                     hp={"method": "full", "epochCount": "4",
+                                         "learningRate": "0.01", "precision": "fp32",
+                                         "validation_split": "0"}))
+        assert sft["status"] == "Completed", sft.get("failureMessage")
+        data = srv.put("r/prompts.jsonl", prompts(32))
+        rft = {"graderConfig": {"lambdaGrader": {"lambdaArn": GRADER_ARN}},
+               "hyperParameters": {"epochCount": 2, "batchSize": 16, "learningRate": 0.001,
+                                   "trainingSamplePerPrompt": 4, "inferenceMaxTokens": 4,
+                                   "maxPromptLength": 256}}
+        extra = {"method": "full", "precision": "fp32", "validation_split": "0"}
+        arn = _create(bedrock, "rft", "m-rft", data, base="m-sft", hp=extra,
+                      customizationType="REINFORCEMENT_FINE_TUNING",
+                      customizationConfig={"rftConfig": rft})
+        j = _wait(bedrock, arn)
+        assert j["status"] == "Completed", j.get("failureMessage")
+        assert j["customizationType"] == "REINFORCEMENT_FINE_TUNING"
+        assert j["customizationConfig"]["rftConfig"]["graderConfig"] == rft["graderConfig"]
+        out = srv.bucket / "fine-tuning" / "output" / f"model-customization-job-{arn[-12:]}"
+        steps = [json.loads(x) for x in (out / "training_artifacts" / "training_log.jsonl")
+                 .read_text().splitlines() if '"train"' in x]
+        assert len(steps) == 4 and all(0 <= r["mean_reward"] <= 1 for r in steps), steps
+        assert any("mean reward" in e["message"] for e in srv.events("rft"))
+        assert bedrock.get_custom_model(modelIdentifier="m-rft")["customizationType"] == \
+            "REINFORCEMENT_FINE_TUNING"
+
+        def refused(**kw) -> str:
+            with pytest.raises(bedrock.exceptions.ValidationException) as e:
+                _create(bedrock, "rft-bad", "m-bad", data, base="m-sft",
+                        customizationType="REINFORCEMENT_FINE_TUNING", **kw)
+            return str(e.value)
+
+        other = GRADER_ARN.replace("colour-grader", "unknown")
+        assert "no grader is registered" in refused(customizationConfig={"rftConfig": {
+            "graderConfig": {"lambdaGrader": {"lambdaArn": other}}}})
+        assert "reasoningEffort" in refused(customizationConfig={"rftConfig": {
+            **rft, "hyperParameters": {"reasoningEffort": "high"}}})
+        assert "grader cannot be set by a request" in refused(
+            hp={"grader": str(grader)}, customizationConfig={"rftConfig": rft})
+        assert "rftConfig" in refused()
+    finally:
+        srv.kill(signal.SIGTERM)
 
 
 @pytest.mark.slow

@@ -80,6 +80,11 @@ class Settings(BaseModel):
     threads: int | None = Field(None, ge=1, description="Torch CPU threads (default: all cores).")
     model_aliases: dict[str, str] = Field(default_factory=dict,
                                           description="Any identifier -> a model in the registry.")
+    graders: dict[str, str] = Field(
+        default_factory=dict, description="Graders jobs may name (a Bedrock RFT job's "
+        "lambdaGrader.lambdaArn, or a name) -> a grader: exact, json, fields, json_valid, a "
+        ".json grader object file or a .py file with grade(sample, item). Code runs in the "
+        "job's worker: register only graders you trust.")
 
     @property
     def models_cache(self) -> Path:
@@ -130,7 +135,7 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
         values.update(data)
     for name in Settings.model_fields:
         env = os.environ.get(f"AFINAR_{name.upper()}")
-        if env is None or name in ("home", "model_aliases", "access_keys"):
+        if env is None or name in ("home", "model_aliases", "access_keys", "graders"):
             continue
         if name in _SPLIT_FIELDS:
             import shlex

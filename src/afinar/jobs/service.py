@@ -38,7 +38,41 @@ from afinar.storage import Storage, StorageError
 
 DEFAULT_PAGE = 100
 CUSTOMIZATION = "customization"  # the jobs table's kind for model customization jobs
-SUPPORTED_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING")
+SUPPORTED_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING", "REINFORCEMENT_FINE_TUNING")
+RFT = "REINFORCEMENT_FINE_TUNING"
+RFT_GRADER = "customizationConfig.rftConfig.graderConfig.lambdaGrader.lambdaArn"
+
+
+def rft_settings(req: dict, settings: Settings) -> dict:
+    """A REINFORCEMENT_FINE_TUNING request's training settings: type rft, the grader
+    registered under its lambdaGrader ARN, rftConfig.hyperParameters under our names.
+    Raises InvalidRequest naming the field."""
+    from afinar.training.config import RFT_NAMES
+
+    rc = (req.get("customizationConfig") or {}).get("rftConfig")
+    if not isinstance(rc, dict):
+        raise InvalidRequest(f"customizationType {RFT} needs customizationConfig.rftConfig "
+                             f"with graderConfig.lambdaGrader.lambdaArn")
+    arn = ((rc.get("graderConfig") or {}).get("lambdaGrader") or {}).get("lambdaArn")
+    if not arn:
+        raise InvalidRequest(f"missing required field '{RFT_GRADER}'")
+    if arn not in settings.graders:
+        raise InvalidRequest(
+            f"{RFT_GRADER}: no grader is registered for {arn[:200]}. afinar runs graders "
+            f"itself: add it to afinar.toml, e.g. [graders] \"{arn[:200]}\" = "
+            f"\"/path/grader.py\" (a file with grade(sample, item)), a .json grader object, "
+            f"or exact / json / fields / json_valid")
+    hp = dict(rc.get("hyperParameters") or {})
+    if hp.pop("reasoningEffort", None):
+        raise InvalidRequest("customizationConfig.rftConfig.hyperParameters.reasoningEffort "
+                             "is not supported by afinar (its models have no reasoning "
+                             "setting): remove it")
+    unknown = sorted(set(hp) - set(RFT_NAMES))
+    if unknown:
+        raise InvalidRequest(f"customizationConfig.rftConfig.hyperParameters.{unknown[0]} is "
+                             f"not a hyperparameter; valid: {', '.join(sorted(RFT_NAMES))}")
+    return {"type": "rft", "grader": settings.graders[arn],
+            **{RFT_NAMES[k]: v for k, v in hp.items() if v is not None}}
 
 
 def bedrock_id(registry_id: str) -> str:
@@ -123,8 +157,10 @@ class JobService:
         if ctype not in SUPPORTED_TYPES:
             raise InvalidRequest(f"customizationType {ctype} is not supported; use one of "
                              f"{', '.join(SUPPORTED_TYPES)}")
-        unsupported = [k for k in ("vpcConfig", "customizationConfig", "customModelKmsKeyId")
-                       if req.get(k)]
+        unsupported = [k for k in ("vpcConfig", "customModelKmsKeyId") if req.get(k)]
+        if req.get("customizationConfig") and ctype != RFT:
+            raise InvalidRequest(f"customizationConfig is for customizationType {RFT} "
+                                 f"(rftConfig) here; DISTILLATION is not supported yet")
         if unsupported:
             raise InvalidRequest(f"{', '.join(unsupported)} not supported by afinar; remove it")
         if req["trainingDataConfig"].get("invocationLogsConfig"):
@@ -143,7 +179,8 @@ class JobService:
             self.storage.locate(req["outputDataConfig"]["s3Uri"], "outputDataConfig.s3Uri")
         except StorageError as e:
             raise InvalidRequest(str(e)) from None
-        self._check_hyperparameters(req.get("hyperParameters") or {}, ctype)
+        self._check_hyperparameters(req.get("hyperParameters") or {}, ctype,
+                                    rft_settings(req, self.settings) if ctype == RFT else None)
         target, base_id, base_arn, _ = self.resolve_base(req["baseModelIdentifier"])
         name, model_name = req["jobName"], req["customModelName"]
         if not valid_name(model_name):
@@ -171,18 +208,25 @@ class JobService:
         self.add_job(row, f"job created: {ctype} of {target} -> {model_name}")
         return {"jobArn": row["arn"]}
 
-    def _check_hyperparameters(self, hp: dict, ctype: str) -> None:
+    def _check_hyperparameters(self, hp: dict, ctype: str, rft: dict | None = None) -> None:
         from afinar.training.config import parse_train_config, request_hyperparameters
 
         try:
             values = request_hyperparameters(hp)
+            for k, v in (rft or {}).items():  # rftConfig's settings; hyperParameters add to them
+                if k in values and str(values[k]) != str(v):
+                    raise InvalidRequest(f"hyperParameters.{k} and customizationConfig."
+                                         f"rftConfig set it differently; keep one")
+                values[k] = v
             cpt = ctype == "CONTINUED_PRE_TRAINING"
             values.setdefault("type", "cpt" if cpt else "sft")
             values.update(train_data="x.jsonl", base_model="x")
             cfg = parse_train_config(values, source="hyperParameters")
-            if (cfg.type == "cpt") != cpt:
+            fits = {"CONTINUED_PRE_TRAINING": {"cpt"}, RFT: {"rft"}}.get(
+                ctype, {"sft", "classify", "dpo"})
+            if cfg.type not in fits:
                 raise InvalidRequest(f"hyperParameters.type {cfg.type} does not fit "
-                                 f"customizationType {ctype}")
+                                     f"customizationType {ctype}")
         except AfinarError as e:
             raise InvalidRequest(str(e).replace("\n  hint: ", ". ")) from None
 
@@ -207,6 +251,8 @@ class JobService:
             "customizationType": r.customization_type,
             "trainingMetrics": r.training_metrics, "validationMetrics": r.validation_metrics,
         }
+        if req.get("customizationConfig"):
+            out["customizationConfig"] = req["customizationConfig"]
         return out
 
     def list_jobs(self, p: dict) -> dict:
@@ -434,7 +480,7 @@ class JobService:
         return {"modelArn": self.arns.foundation(mid), "modelId": mid, "modelName": name,
                 "providerName": provider, "inputModalities": ["TEXT"],
                 "outputModalities": ["TEXT"], "responseStreamingSupported": True,
-                "customizationsSupported": ["FINE_TUNING", "CONTINUED_PRE_TRAINING"],
+                "customizationsSupported": ["FINE_TUNING", "CONTINUED_PRE_TRAINING", RFT],
                 "inferenceTypesSupported": ["ON_DEMAND"],
                 "modelLifecycle": {"status": "ACTIVE"}}
 

@@ -92,16 +92,23 @@ def run(job_id: str, settings: Settings) -> int:
             loc = storage.locate(v["s3Uri"], "validationDataConfig.validators[0].s3Uri")
             valid_path = storage.fetch(loc, jobdir / "inputs" / "validation",
                                        "validationDataConfig.validators[0].s3Uri")
+        from afinar.jobs.service import RFT, rft_settings
         from afinar.training.config import parse_train_config, request_hyperparameters
 
         cpt = row.customization_type == "CONTINUED_PRE_TRAINING"
         values = {"checkpoint_every": 20}
         values.update(request_hyperparameters(req.get("hyperParameters") or {}))
-        if cpt or values.get("type") not in ("sft", "classify", "dpo"):
+        if row.customization_type == RFT:
+            values.update(rft_settings(req, settings))
+        elif cpt or values.get("type") not in ("sft", "classify", "dpo"):
             values["type"] = "cpt" if cpt else "sft"
-        _validate_data(engine, job_id, train_path, "training", values["type"])
-        if valid_path:
-            _validate_data(engine, job_id, valid_path, "validation", values["type"])
+        if values["type"] == "rft":  # prompts: checked (with the grader) as they are prepared
+            add_event(engine, job_id, "training data: prompts, checked with the grader when "
+                      "prepared")
+        else:
+            _validate_data(engine, job_id, train_path, "training", values["type"])
+            if valid_path:
+                _validate_data(engine, job_id, valid_path, "validation", values["type"])
         set_phase(engine, job_id, "validationDetails", "Completed")
         if should_stop():
             return stopped()

@@ -32,11 +32,18 @@ BEDROCK_ALIASES = {
     "maxPromptLength": "max_prompt_length",
 }
 
+# Bedrock's REINFORCEMENT_FINE_TUNING hyperparameters (customizationConfig.rftConfig.
+# hyperParameters, typed numbers) -> our fields
+RFT_NAMES = {"epochCount": "epochs", "batchSize": "batch_size", "learningRate": "learning_rate",
+             "maxPromptLength": "max_prompt_length",
+             "trainingSamplePerPrompt": "samples_per_prompt",
+             "inferenceMaxTokens": "max_new_tokens", "evalInterval": "eval_every"}
+
 # Settings a request's hyperparameters may not set: they name files, folders or models, or
 # spend the server's resources. A job gets them from the request's typed fields
 # (trainingDataConfig, validationDataConfig, baseModelIdentifier, customModelName,
 # outputDataConfig) or from the server's settings, through the storage roots.
-SERVER_ONLY = frozenset({"train_data", "validation_data", "base_model", "output_dir",
+SERVER_ONLY = frozenset({"train_data", "validation_data", "base_model", "output_dir", "grader",
                          "name", "threads", "fsdp"})
 MAX_REQUEST_SETTINGS = 64
 MAX_SETTING_CHARS = 256
