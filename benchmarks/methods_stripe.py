@@ -1,12 +1,15 @@
 """The customization methods on the Stripe task (afinar's demo task), measured as a user runs
 them, through the CLI:
 
+  rft: the same weak SFT start, then reinforcement fine-tuning on new prompts, each sampled
+       answer scored by a grader (default: the share of the reference call's JSON fields it
+       gets right); the reference calls are never trained on.
   dpo: a weak SFT start (a few labelled examples), then preference pairs on new prompts —
        the correct call preferred over a corrupted one (a wrong operation, amount, currency,
        id or a missing parameter) and, with --rejected model/both, over the SFT model's own
        wrong answers — and held-out exact match before and after.
 
-    .venv/bin/python benchmarks/methods_stripe.py dpo [--sft-examples 40] [--pairs 400]
+    .venv/bin/python benchmarks/methods_stripe.py dpo|rft [--sft-examples 40] [--pairs 400]
         [--test 100] [--rejected corrupt|model|both] [--set KEY=VALUE ...] [--out DIR]
 
 Prints the CPU, each stage's wall time and a table; results also go to <out>/results.json.
@@ -123,9 +126,58 @@ def run_dpo(a, out: Path, extra: list[str]) -> dict:
     return res
 
 
+def run_rft(a, out: Path, extra: list[str]) -> dict:
+    """A weak SFT start, then reinforcement fine-tuning on new prompts scored by a grader
+    against their reference calls (never trained on as targets)."""
+    home = out / "home"
+    rows = generate(a.sft_examples + a.pairs + a.test, seed=11)
+    sft, rl, test = (rows[:a.sft_examples], rows[a.sft_examples:a.sft_examples + a.pairs],
+                     rows[a.sft_examples + a.pairs:])
+    write_jsonl(out / "sft.jsonl", sft)
+    write_jsonl(out / "test.jsonl", test)
+    write_jsonl(out / "prompts.jsonl", [{"messages": _prompt(r),
+                                         "reference_answer": serialize_value(r["output"])}
+                                        for r in rl])
+    times, stamp = {}, int(time.time())
+    sft_name = a.start or f"m-sft-{stamp}"
+    if not a.start:
+        t = time.time()
+        _afinar(["train", "--train-data", str(out / "sft.jsonl"), "--base-model",
+                 a.base_model, "--name", sft_name, "--output-dir", str(out / "sft")], home)
+        times["sft_train"] = time.time() - t
+    ev = _afinar(["eval", "--model", sft_name, "--data", str(out / "test.jsonl")], home)
+    em_sft = ev["models"][0]["metrics"]["exact_match"]
+    print(f"  start {sft_name}: held-out exact match {em_sft:.1%}", flush=True)
+    t = time.time()
+    tr = _afinar(["train", "--type", "rft", "--grader", a.grader, "--train-data",
+                  str(out / "prompts.jsonl"), "--base-model", sft_name, "--name",
+                  f"m-rft-{stamp}", "--output-dir", str(out / "rft"), *extra], home)
+    times["rft_train"] = time.time() - t
+    ev = _afinar(["eval", "--model", f"m-rft-{stamp}", "--data", str(out / "test.jsonl")],
+                 home)
+    em_rft = ev["models"][0]["metrics"]["exact_match"]
+    log = [json.loads(x) for x in (out / "rft" / "training_artifacts" / "training_log.jsonl")
+           .read_text().splitlines()]
+    rewards = [r["mean_reward"] for r in log if r["kind"] == "train"]
+    k = max(1, len(rewards) // 5)
+    res = {"method": "rft", "start": sft_name, "prompts": a.pairs, "test": a.test,
+           "grader": a.grader, "start_exact_match": em_sft, "rft_exact_match": em_rft,
+           "steps": tr.get("steps"), "mean_reward_first_fifth": sum(rewards[:k]) / k,
+           "mean_reward_last_fifth": sum(rewards[-k:]) / k, "validation": tr.get("validation"),
+           "seconds": {k2: round(v, 1) for k2, v in times.items()}, "settings": extra}
+    print(f"  RFT on {a.pairs} prompts ({a.grader} grader): held-out exact match "
+          f"{em_sft:.1%} -> {em_rft:.1%}; mean reward {res['mean_reward_first_fifth']:.3f} "
+          f"(first fifth of steps) -> {res['mean_reward_last_fifth']:.3f} (last); "
+          f"{times['rft_train']:.0f} s", flush=True)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("method", choices=["dpo"])
+    p.add_argument("method", choices=["dpo", "rft"])
+    p.add_argument("--grader", default="fields", help="rft: the grader (default fields)")
+    p.add_argument("--start", help="rft: start from this custom model (in --out's home) "
+                   "instead of a new SFT run")
     p.add_argument("--base-model", default="smollm2-135m-instruct")
     p.add_argument("--sft-examples", type=int, default=40)
     p.add_argument("--pairs", type=int, default=400)
@@ -143,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu_features()}; {os.cpu_count()} cores; base {a.base_model}; "
           f"{a.method}; settings: {' '.join(a.set) or 'defaults'}", flush=True)
-    res = run_dpo(a, out, extra)
+    res = (run_dpo if a.method == "dpo" else run_rft)(a, out, extra)
     (out / "results.json").write_text(json.dumps(res, indent=2))
     print(f"results: {out / 'results.json'}")
     return 0
