@@ -101,6 +101,9 @@ def resolve(cfg: TrainConfig, stats: DataStats, params: int | None
     if "epochs" in auto:
         if cfg.type == "cpt":
             pick("epochs", 1, "continued pre-training: one pass over the corpus")
+        elif cfg.type == "rft":
+            pick("epochs", 1, f"reinforcement fine-tuning: one pass over the prompts, each "
+                 f"answered {cfg.samples_per_prompt} times")
         else:
             e = max(1, min(MAX_AUTO_EPOCHS, math.ceil(TARGET_STEPS / per_epoch)))
             why = (f"{per_epoch} steps per epoch; {e} epoch(s) give at least "
