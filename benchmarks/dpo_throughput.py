@@ -74,8 +74,8 @@ def worker_afinar(args) -> dict:
 def worker_trl(args) -> dict:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from train_throughput import lora_r16, step_timer, trl_args
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from afinar.config import load_settings
@@ -95,21 +95,11 @@ def worker_trl(args) -> dict:
     tok = AutoTokenizer.from_pretrained(path)
     bf16 = cpu_has_fast_bf16()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    times = []
-
-    class Timer(TrainerCallback):
-        def on_step_end(self, a, state, control, **kw):
-            times.append(time.perf_counter())
-
-    cfg = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=8,
-                    max_steps=args.steps + 1, learning_rate=1e-4, logging_steps=1000,
-                    save_strategy="no", report_to="none", use_cpu=True, bf16=bf16,
-                    max_length=512, dataloader_num_workers=0, seed=42, beta=0.1,
+    times: list[float] = []
+    cfg = DPOConfig(**trl_args(args.steps, bf16, 1e-4), beta=0.1,
                     precompute_ref_log_probs=args.precompute, gradient_checkpointing=False)
     tr = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
-                    peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                           target_modules="all-linear", task_type="CAUSAL_LM"),
-                    callbacks=[Timer()])
+                    peft_config=lora_r16(), callbacks=[step_timer(times)])
     tr.train()
     el = times[-1] - times[0]
     return {"pairs_per_s": args.steps * 8 / el, "setup_s": times[0] - t0 - el / args.steps,

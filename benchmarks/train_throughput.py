@@ -87,10 +87,35 @@ def worker_afinar(args) -> dict:
                             if "embed_tokens" not in n and "lora_" not in n)}
 
 
+def trl_args(steps: int, bf16: bool, lr: float) -> dict:
+    """The TRL trainers' settings every comparison shares: batch 8, no saving or logging,
+    the CPU, steps + 1 (the first is not timed)."""
+    return dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=8,
+                max_steps=steps + 1, learning_rate=lr, logging_steps=1000, save_strategy="no",
+                report_to="none", use_cpu=True, bf16=bf16, max_length=512,
+                dataloader_num_workers=0, seed=42)
+
+
+def lora_r16():
+    from peft import LoraConfig
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
+def step_timer(times: list[float]):
+    """A TrainerCallback appending the time at the end of each optimizer step."""
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter())
+    return Timer()
+
+
 def worker_trl(args) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from afinar.config import load_settings
@@ -109,22 +134,11 @@ def worker_trl(args) -> dict:
     tok = AutoTokenizer.from_pretrained(path)
     bf16 = cpu_has_fast_bf16()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    from peft import LoraConfig
-    times = []
-
-    class Timer(TrainerCallback):
-        def on_step_end(self, a, state, control, **kw):
-            times.append(time.perf_counter())
-
-    cfg = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=8,
-                    max_steps=args.steps + 1, learning_rate=1e-3, logging_steps=1000,
-                    save_strategy="no", report_to="none", use_cpu=True, bf16=bf16,
-                    completion_only_loss=True, max_length=512, dataloader_num_workers=0,
-                    seed=42, gradient_checkpointing=args.trl_checkpointing)
+    times: list[float] = []
+    cfg = SFTConfig(**trl_args(args.steps, bf16, 1e-3), completion_only_loss=True,
+                    gradient_checkpointing=args.trl_checkpointing)
     tr = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
-                    peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                           target_modules="all-linear", task_type="CAUSAL_LM"),
-                    callbacks=[Timer()])
+                    peft_config=lora_r16(), callbacks=[step_timer(times)])
     # tokens actually fed: count non-padding tokens of the batches the trainer builds
     lengths = [len(x["input_ids"]) for x in tr.train_dataset]
     tr.train()
