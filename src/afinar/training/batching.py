@@ -81,3 +81,14 @@ def collate_packed(items: list[Encoded]) -> dict[str, torch.Tensor]:
         pos += x.position_ids if x.position_ids is not None else range(len(x))
     return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([pos]), "attention_mask": None, "n_tokens": len(ids)}
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts for generation, left-padded so the answers start together: (ids, mask)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask

@@ -113,13 +113,11 @@ def sample(model, tokenizer, prompts: list[Prompt], n: int, max_new_tokens: int,
     eos = [i for i in {tokenizer.eos_token_id,
                        getattr(getattr(model, "generation_config", None), "eos_token_id", None)}
            if isinstance(i, int)]
+    from afinar.training.batching import left_pad
+
     rows = [p.ids for p in prompts for _ in range(n)]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):  # left-padded: the answers start together
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+    ids, mask = left_pad(rows, pad)
+    width = ids.shape[1]
     kw = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens,
           "pad_token_id": pad, "eos_token_id": eos or None, "use_cache": True}
     kw.update({"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else

@@ -29,7 +29,7 @@ from afinar.models.registry import ResolvedModel, resolve_model
 from afinar.progress import ProgressCallback, ProgressEvent, null_progress
 from afinar.runtime import choose_device, choose_dtype, set_threads
 from afinar.training import checkpoint as ckpt
-from afinar.training.batching import collate, collate_packed, epoch_batches
+from afinar.training.batching import collate, collate_packed, epoch_batches, left_pad
 from afinar.training.config import TrainConfig
 from afinar.training.data import PreparedData, prepare
 from afinar.training.loss import SelectiveLMLoss
@@ -524,13 +524,9 @@ class Trainer:
 
         tok, model = self.tokenizer, self.accel.unwrap_model(self.loss_mod).model
         n = max(len(tok(r, add_special_tokens=False)["input_ids"]) for _, r in self.gen_sample)
-        width = max(len(p) for p, _ in self.gen_sample)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = torch.full((len(self.gen_sample), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (p, _) in enumerate(self.gen_sample):  # left-padded: answers start together
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
+        ids, mask = left_pad([p for p, _ in self.gen_sample], pad)
+        width = ids.shape[1]
         dev = self.accel.device
         with self._autocast():
             gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
