@@ -17,6 +17,17 @@ def default_home() -> Path:
     return Path(os.environ.get("AFINAR_HOME", "~/.afinar")).expanduser()
 
 
+class TeacherEndpoint(BaseModel):
+    """An external OpenAI-compatible chat endpoint a distillation job may use as its teacher."""
+
+    model_config = {"extra": "forbid"}
+    base_url: str = Field(..., pattern=r"^https?://", description="e.g. https://host/v1")
+    model: str = Field(..., description="The model name the endpoint expects.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the key.")
+    concurrency: int = Field(8, ge=1, le=256, description="Requests in flight at once.")
+    timeout_s: float = Field(300, gt=0, description="Seconds one answer may take.")
+
+
 class Settings(BaseModel):
     """afinar's settings. Each can be set in afinar.toml, as AFINAR_<NAME>, or by a flag."""
 
@@ -85,6 +96,10 @@ class Settings(BaseModel):
         "lambdaGrader.lambdaArn, or a name) -> a grader: exact, json, fields, json_valid, a "
         ".json grader object file or a .py file with grade(sample, item). Code runs in the "
         "job's worker: register only graders you trust.")
+    teachers: dict[str, TeacherEndpoint] = Field(
+        default_factory=dict, description="Distillation teachers outside afinar: a name "
+        "(what --teacher or a job's teacherModelIdentifier gives) -> an OpenAI-compatible "
+        "endpoint {base_url, model, api_key_env, concurrency, timeout_s}.")
 
     @property
     def models_cache(self) -> Path:
@@ -135,7 +150,7 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
         values.update(data)
     for name in Settings.model_fields:
         env = os.environ.get(f"AFINAR_{name.upper()}")
-        if env is None or name in ("home", "model_aliases", "access_keys", "graders"):
+        if env is None or name in ("home", "model_aliases", "access_keys", "graders", "teachers"):
             continue
         if name in _SPLIT_FIELDS:
             import shlex

@@ -65,7 +65,7 @@ def native_tools(tokenizer) -> bool:
                      {"type": "function", "function": {"name": "probe_fn",
                                                        "arguments": {"q": 1}}}]}]
         try:
-            out = tokenizer.apply_chat_template(probe, tools=[_openai_tool(
+            out = tokenizer.apply_chat_template(probe, tools=[openai_tool(
                 {"name": "probe_fn", "description": "", "parameters": {"type": "object"}})],
                 tokenize=False)
             calls = parse_tool_calls(out)[1]
@@ -86,9 +86,16 @@ def _signature(t: dict) -> dict:
     return sig | {"parameters": t["parameters"]}
 
 
-def _openai_tool(t: dict) -> dict:
+def openai_tool(t: dict) -> dict:
     return {"type": "function", "function": {"name": t["name"], "description": t.get(
         "description", ""), "parameters": t["parameters"]}}
+
+
+def openai_calls(calls: list[dict]) -> list[dict]:
+    """Canonical tool calls in OpenAI's shape (arguments as a JSON string)."""
+    return [{"id": c["id"], "type": "function", "function": {
+        "name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
+        for c in calls]
 
 
 def template_messages(tokenizer, messages: list[dict], tools: list[dict] | None = None
@@ -113,7 +120,7 @@ def template_messages(tokenizer, messages: list[dict], tools: list[dict] | None 
                 d["tool_call_id"] = m.get("tool_call_id")
             out.append(d)
             weights.append(m.get("weight", 1) if m["role"] == "assistant" else None)
-        return out, ({"tools": [_openai_tool(t) for t in tools]} if tools else {}), weights
+        return out, ({"tools": [openai_tool(t) for t in tools]} if tools else {}), weights
     out = []
     rest = messages
     system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None

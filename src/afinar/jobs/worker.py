@@ -26,6 +26,7 @@ from afinar.jobs.states import IllegalTransition
 from afinar.jobs.store import add_event, finish, job_status, set_fields, set_phase
 from afinar.progress import ProgressEvent
 from afinar.storage import Storage, StorageError
+from afinar.training.distill import Stopped
 
 MAX_LISTED_ERRORS = 20
 # kind -> (module, function(engine, row, settings, should_stop) -> "Completed" | "Stopped",
@@ -144,7 +145,8 @@ def run(job_id: str, settings: Settings) -> int:
             elif ev.stage == "validate" and ev.metrics:
                 add_event(engine, job_id, f"validation at step {ev.current}: "
                           f"{describe_validation(ev.metrics)}")
-            elif ev.stage not in ("train", "validate") and ev.total is None and ev.metrics:
+            elif ev.stage not in ("train", "validate", "auto") and ev.total is None and (
+                    ev.metrics or ev.message):
                 add_event(engine, job_id, f"{ev.stage}: {ev.message or ev.metrics}")
 
         resume = (jobdir / "run" / "checkpoints").exists() and any(
@@ -198,6 +200,8 @@ def run(job_id: str, settings: Settings) -> int:
         finish(engine, job_id, "Completed",
                note=f"custom model {row.output_model_name} is Active")
         return 0
+    except Stopped:  # while the teacher answered (distillation): its answers are kept
+        return stopped()
     except IllegalTransition as e:  # e.g. the job ended elsewhere while this worker ran
         add_event(engine, job_id, f"worker stopped: {e.message}", "WARN")
         return 0

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from afinar import jsonutil
 from afinar.data.chat import request_conversation
-from afinar.data.tools import CallStream
+from afinar.data.tools import CallStream, openai_calls
 from afinar.errors import AfinarError
 from afinar.inference.requests import (
     GenRequest,
@@ -197,12 +197,6 @@ def _include_usage(body: dict) -> bool:
 
 
 # -- responses ----------------------------------------------------------------------------------
-def _calls_out(calls: list[dict]) -> list[dict]:
-    return [{"id": c["id"], "type": "function", "function": {
-        "name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
-        for c in calls]
-
-
 def _logprobs_out(r: GenRequest) -> dict | None:
     if not r.logprobs:
         return None
@@ -223,7 +217,7 @@ def _chat_choice(i: int, r: GenRequest) -> dict:
     msg = {"role": "assistant", "content": r.text if (r.text or not r.tool_calls) else None,
            "refusal": None}
     if r.tool_calls:
-        msg["tool_calls"] = _calls_out(r.tool_calls)
+        msg["tool_calls"] = openai_calls(r.tool_calls)
     return {"index": i, "message": msg, "logprobs": _logprobs_out(r),
             "finish_reason": FINISH.get(r.stop_reason, "stop")}
 

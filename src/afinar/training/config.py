@@ -44,7 +44,7 @@ RFT_NAMES = {"epochCount": "epochs", "batchSize": "batch_size", "learningRate": 
 # (trainingDataConfig, validationDataConfig, baseModelIdentifier, customModelName,
 # outputDataConfig) or from the server's settings, through the storage roots.
 SERVER_ONLY = frozenset({"train_data", "validation_data", "base_model", "output_dir", "grader",
-                         "name", "threads", "fsdp"})
+                         "teacher", "name", "threads", "fsdp"})
 MAX_REQUEST_SETTINGS = 64
 MAX_SETTING_CHARS = 256
 # Settings that default to "auto": chosen from the data and the model when the run starts
@@ -64,14 +64,20 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
-    type: Literal["sft", "cpt", "classify", "dpo", "rft"] = Field(
+    type: Literal["sft", "cpt", "classify", "dpo", "rft", "distill"] = Field(
         "sft", description="sft: supervised fine-tuning on prompt/answer data; cpt: continued "
         "pre-training on a corpus (.jsonl of {\"input\"}/{\"text\"}, .txt/.md files or a "
         "folder), packed into blocks of max_length tokens; classify: a sequence-classification "
         "head trained on {\"text\", \"label\"} data (e.g. base model all-minilm-l6-v2); "
         "dpo: preference tuning on pairs (OpenAI's input/preferred_output/"
         "non_preferred_output or prompt/chosen/rejected) with the loss in `loss`; rft: "
-        "reinforcement fine-tuning (GRPO) on prompts scored by `grader`.")
+        "reinforcement fine-tuning (GRPO) on prompts scored by `grader`; distill: `teacher` "
+        "answers the prompts, the model is fine-tuned on its answers.")
+    teacher: str | None = Field(None, description="type distill: the model that answers the "
+                                "prompts: a registry id, custom model, local folder or hub id, "
+                                "or an endpoint registered in afinar.toml [teachers].")
+    use_prompt_response: bool = Field(False, description="type distill: a prompt record that "
+                                      "has its own answer keeps it (the teacher is not asked).")
     loss: Literal["dpo", "ipo", "hinge", "orpo"] = Field(
         "dpo", description="type dpo: the preference loss. dpo (sigmoid), ipo, hinge (SLiC) "
         "against the starting model as reference; orpo: no reference, adds the preferred "
@@ -90,7 +96,9 @@ class TrainConfig(BaseModel):
                                     validation_alias=AliasChoices("samples_per_prompt",
                                                                   "trainingSamplePerPrompt"))
     max_new_tokens: int = Field(256, ge=1, le=32768, description="type rft: the longest "
-                                "sampled answer in tokens (Bedrock's inferenceMaxTokens).",
+                                "sampled answer in tokens (Bedrock's inferenceMaxTokens); type "
+                                "distill: the longest teacher answer (maxResponseLength"
+                                "ForInference); longer ones are left out.",
                                 validation_alias=AliasChoices("max_new_tokens",
                                                               "inferenceMaxTokens"))
     max_prompt_length: int = Field(1024, ge=8, le=32768, description="type rft: the longest "
@@ -222,11 +230,19 @@ class TrainConfig(BaseModel):
         if self.sft_weight and self.loss == "orpo":
             raise ValueError("sft_weight is for the dpo, ipo and hinge losses: orpo has its "
                              "own likelihood term (weighted by beta)")
-        rft = {"grader", "samples_per_prompt", "max_new_tokens", "max_prompt_length",
-               "temperature", "kl_coef"} & self.model_fields_set
+        rft = {"grader", "samples_per_prompt", "max_prompt_length", "temperature",
+               "kl_coef"} & self.model_fields_set
+        if self.type not in ("rft", "distill"):  # distill: the teacher's longest answer
+            rft |= {"max_new_tokens"} & self.model_fields_set
         if self.type != "rft" and rft:
             raise ValueError(f"{', '.join(sorted(rft))}: settings of reinforcement "
                              f"fine-tuning: set type=rft")
+        distill = {"teacher", "use_prompt_response"} & self.model_fields_set
+        if self.type != "distill" and distill:
+            raise ValueError(f"{', '.join(sorted(distill))}: settings of distillation: set "
+                             f"type=distill")
+        if self.type == "distill" and not self.teacher:
+            raise ValueError("type=distill needs a teacher: the model that answers the prompts")
         if self.type == "rft" and self.kl_coef and self.method != "lora":
             raise ValueError("kl_coef needs method=lora (the reference is the model with its "
                              "adapter disabled)")
@@ -261,6 +277,9 @@ class TrainConfig(BaseModel):
             d.update(grader=self.grader, samples_per_prompt=self.samples_per_prompt,
                      max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                      kl_coef=self.kl_coef)
+        if self.type == "distill":
+            d.update(teacher=self.teacher, max_new_tokens=self.max_new_tokens,
+                     use_prompt_response=self.use_prompt_response)
         return d
 
 

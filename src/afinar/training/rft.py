@@ -1,9 +1,9 @@
 """Reinforcement fine-tuning with a grader (GRPO), inside afinar's training loop.
 
-Data: chat records whose messages are the prompt ({"messages": [...], ...reference fields});
-every other field of the record is the *item* the grader reads (`{{item.reference_answer}}`).
-A record whose last message is an assistant turn (supervised data) gives that turn as the
-prompt's `reference_answer` and is not trained on: the grader alone teaches.
+Data: prompt records (data/prompts.py: chat, instruction or prompt records); every other
+field of a record is the *item* the grader reads (`{{item.reference_answer}}`). A record with
+its own answer (supervised data) gives that answer as the prompt's `reference_answer`, which is
+never trained on: the grader alone teaches.
 
 A step takes `batch_size` prompts, samples `samples_per_prompt` answers for each from the model
 being trained (transformers' batched `generate`, with the sampled token ids kept), grades them,
@@ -23,11 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from afinar.data.readers import read_records
+from afinar.data.prompts import FORMS
 from afinar.errors import DataError, Issue
 from afinar.training.data import PreparedData
-
-RESERVED = ("messages", "tools", "schemaVersion", "system", "toolConfig")
 
 
 @dataclass
@@ -43,39 +41,23 @@ class Prompt:
 def prepare_prompts(path: str, tokenizer, max_prompt_length: int, grader,
                     role: str = "training") -> PreparedData:
     """Read and check prompt records (and that the grader finds what it reads in each)."""
-    from afinar.data.chat import request_conversation
+    from afinar.data.prompts import read_prompts
     from afinar.data.tokenize import render_prompt
     from afinar.data.tools import assistant_text
     from afinar.eval.graders import GraderError
 
-    read = read_records(path)
-    issues: list[Issue] = list(read.issues)
+    read, records, issues = read_prompts(path)
     out = PreparedData(path, "prompts", [], len(read.records))
-    for r in read.records:
-        rec = r.data
-        bedrock = rec.get("schemaVersion") is not None or "system" in rec
-        msgs, tools, probs = request_conversation(rec.get("messages"), rec.get(
-            "toolConfig" if bedrock else "tools"), bedrock=bedrock, system=rec.get("system"))
-        issues += [Issue(i.message, r.line, i.field, path, i.code, read.unit) for i in probs]
-        if probs or not msgs:
-            if not probs:
-                issues.append(Issue("no messages: a prompt is needed", r.line, "messages",
-                                    path, "missing", read.unit))
-            continue
-        item = {k: v for k, v in rec.items() if k not in RESERVED}
-        if msgs[-1]["role"] == "assistant":
-            item.setdefault("reference_answer", assistant_text(msgs[-1]))
-            msgs = msgs[:-1]
-        if not msgs or msgs[-1]["role"] not in ("user", "tool"):
-            issues.append(Issue("the prompt must end with a user (or tool) message", r.line,
-                                "messages", path, "wrong_value", read.unit))
-            continue
+    for r in records:
+        item, msgs = dict(r.item), r.messages
+        if r.answer is not None:
+            item.setdefault("reference_answer", assistant_text(r.answer))
         try:
             grader.check(item)
         except GraderError as e:
             issues.append(Issue(e.message, r.line, None, path, "grader_field", read.unit))
             continue
-        ids = tokenizer(render_prompt(tokenizer, msgs, tools),
+        ids = tokenizer(render_prompt(tokenizer, msgs, r.tools),
                         add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_length:
             out.truncated += 1  # kept whole: cutting a prompt changes the question
@@ -87,9 +69,8 @@ def prepare_prompts(path: str, tokenizer, max_prompt_length: int, grader,
     if issues:
         raise DataError(f"{path}: {len(issues)} problem(s) in the {role} prompts; nothing was "
                         f"trained", issues,
-                        hint="reinforcement fine-tuning takes chat records: {\"messages\": "
-                             "[... ending with a user turn], plus the fields the grader reads "
-                             "(e.g. \"reference_answer\")}")
+                        hint=f"reinforcement fine-tuning takes prompt records: {FORMS}, "
+                             f"plus the fields the grader reads (e.g. \"reference_answer\")")
     if not out.encoded:
         raise DataError(f"{path}: no {role} prompts")
     return out

@@ -59,6 +59,7 @@ class TrainResult:
     best_step: int | None = None  # the step whose weights were kept (keep_best)
     early_stopped: bool = False
     auto: dict = field(default_factory=dict)  # the "auto" settings chosen: {name: {value, reason}}
+    distillation: dict | None = None  # distill: per role, the teacher's answers and left-outs
 
 
 class _Best:
@@ -224,7 +225,7 @@ class Trainer:
                 raise CheckpointError(f"nothing to resume in {self.out}: no checkpoint found",
                                       hint="start without --resume")
             return last
-        if self.out.exists() and any(p.name not in ("STOP", "tokens", "init")
+        if self.out.exists() and any(p.name not in ("STOP", "tokens", "init", "distillation")
                                      for p in self.out.iterdir()):
             raise TrainingError(f"output directory {self.out} already holds a run",
                                 hint="pass --resume to continue it, or choose another "
@@ -331,12 +332,13 @@ class Trainer:
             if cfg.validation_data:
                 self.valid = prepare_corpus(cfg.validation_data, self.tokenizer,
                                             cfg.max_length, tokens, role="validation")
-        else:
-            self.train = prepare(cfg.train_data, self.tokenizer, cfg.max_length,
-                                 cfg.skip_invalid)
+        else:  # sft; distill: on the teacher's answers
+            data = self._distilled if cfg.type == "distill" else lambda path, _role: path
+            self.train = prepare(data(cfg.train_data, "training"), self.tokenizer,
+                                 cfg.max_length, cfg.skip_invalid)
             if cfg.validation_data:
-                self.valid = prepare(cfg.validation_data, self.tokenizer, cfg.max_length,
-                                     cfg.skip_invalid, role="validation")
+                self.valid = prepare(data(cfg.validation_data, "validation"), self.tokenizer,
+                                     cfg.max_length, cfg.skip_invalid, role="validation")
         if self.valid is None and cfg.type != "cpt":
             self._hold_out()
         self.gen_sample = self._structured_sample()
@@ -400,6 +402,21 @@ class Trainer:
         if not self.fsdp:
             self.loss_mod = self.accel.prepare(self.loss_mod)
         return self
+
+    def _distilled(self, path: str, role: str) -> str:
+        """type distill: the teacher's answers to the prompts of `path` (training/distill.py),
+        asked for by the main process, kept in <run>/distillation."""
+        from afinar.training.distill import distil, make_teacher
+
+        cfg, out = self.cfg, self.out / "distillation"
+        if self.accel.is_main_process:
+            res = distil(path, out, role, lambda: make_teacher(
+                cfg.teacher, self.settings, cfg.max_new_tokens), self.progress,
+                self.should_stop, cfg.use_prompt_response)
+            self.distillation = getattr(self, "distillation", {}) | {role: res}
+            self.progress(ProgressEvent("teacher", 0, None, message=res.describe(role)))
+        self.accel.wait_for_everyone()
+        return str(out / f"{role}_responses.jsonl")
 
     def _autocast(self):
         if self.dtype == torch.bfloat16:
@@ -500,7 +517,8 @@ class Trainer:
         from afinar.data.tokenize import IGNORE_INDEX
         from afinar.eval.metrics import parse_json
 
-        if self.cfg.type != "sft" or self.valid is None or self.accel.num_processes > 1:
+        if self.cfg.type not in ("sft", "distill") or self.valid is None or \
+                self.accel.num_processes > 1:
             return []
         out = []
         for e in self.valid.encoded[:GEN_SAMPLE]:
@@ -632,6 +650,11 @@ class Trainer:
                           warnings=self.warnings, initial_validation=initial_val,
                           best_step=best.step if best.kept else None, early_stopped=early,
                           auto=self.auto)
+        if getattr(self, "distillation", None):
+            res.distillation = {role: {"prompts": d.prompts, "kept": d.prompts - sum(
+                d.rejected.values()), "from_records": d.from_records,
+                "rejected": dict(d.rejected), "dataset": str(d.path)}
+                for role, d in self.distillation.items()}
         if status == "completed" and self.cfg.type == "classify" and self.valid is not None:
             res.classification = self.classification_report()
         # under FSDP the full weights exist only once gathered, which every process joins

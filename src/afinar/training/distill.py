@@ -1,0 +1,264 @@
+"""Distillation: a teacher model answers the prompts; the student is fine-tuned on its answers.
+
+The teacher is any model afinar serves (a registry id, a custom model, a local folder, a hub id),
+run through the serving engine's continuous batching, or an external OpenAI-compatible endpoint
+registered in afinar.toml's [teachers] table. Prompts are prompt records (data/prompts.py).
+
+The answers are written as they arrive, a window of prompts at a time, to
+<run>/distillation/<role>_responses.jsonl: OpenAI chat records (the dataset the student trains
+on, kept with the run), each with the `source_line` of its prompt and `answered_by` (teacher,
+or record). Answers cut at
+max_new_tokens, empty answers and failed calls go to <role>_rejected.jsonl with the reason, not
+into the training data. A run stopped or killed mid-way asks the teacher only for what is
+missing when it starts again. With use_prompt_response, a record that carries its own answer
+keeps it and the teacher is not asked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from afinar.config import Settings
+from afinar.data.prompts import FORMS, PromptRecord, openai_record, read_prompts
+from afinar.errors import AfinarError, ConfigError, DataError
+from afinar.progress import ProgressCallback, ProgressEvent
+
+WINDOW = 64  # prompts handed to the teacher together (the engine batches them continuously)
+CALL_TIMEOUT_S = 3600
+
+
+class Stopped(AfinarError):
+    """The run was asked to stop while the teacher was answering; its answers so far are kept."""
+    exit_code = 130
+
+
+@dataclass
+class Answer:
+    message: dict | None = None  # canonical assistant message
+    problem: str | None = None  # why it is not used (cut, empty, the call's error)
+    tokens: int = 0
+
+
+@dataclass
+class Distilled:
+    path: Path  # the responses the student trains on
+    prompts: int
+    from_teacher: int = 0  # answered in this run (the rest were already there, or kept)
+    from_records: int = 0  # use_prompt_response: the records' own answers
+    rejected: Counter = field(default_factory=Counter)  # reason -> count
+    seconds: float = 0.0
+
+    def describe(self, role: str) -> str:
+        kept = self.prompts - sum(self.rejected.values())
+        s = f"{role} data: {kept} of {self.prompts} prompts answered"
+        if self.from_records:
+            s += f" ({self.from_records} with the record's own answer)"
+        if self.rejected:
+            s += "; left out: " + ", ".join(f"{n} {why}" for why, n in self.rejected.items())
+        return s + f"; kept in {self.path}"
+
+
+# -- teachers -------------------------------------------------------------------------------
+class LocalTeacher:
+    """A model afinar serves, through the serving engine (continuous batching)."""
+
+    def __init__(self, model_id: str, settings: Settings, max_tokens: int):
+        from afinar.inference.engine import Engine
+
+        self.model, self.max_tokens = model_id, max_tokens
+        self.engine = Engine(settings, max_output_tokens=max(max_tokens, 1024),
+                             max_prompt_tokens=32768)
+        try:
+            self.engine.resolve(model_id)  # a missing teacher fails before any prompt is sent
+        except BaseException:
+            self.engine.close()
+            raise
+
+    def answer(self, prompts: list[PromptRecord]) -> list[Answer]:
+        from afinar.inference.requests import GenRequest
+
+        subs = []
+        for p in prompts:
+            try:
+                subs.append(self.engine.submit(GenRequest(
+                    model=self.model, messages=p.messages, tools=p.tools,
+                    max_tokens=self.max_tokens, temperature=0.0)))
+            except AfinarError as e:
+                subs.append(e)
+        out = []
+        for r in subs:
+            if isinstance(r, AfinarError):
+                out.append(Answer(problem=f"teacher call failed: {r}"))
+                continue
+            try:
+                r.result(timeout=CALL_TIMEOUT_S)
+            except (AfinarError, TimeoutError) as e:
+                out.append(Answer(problem=f"teacher call failed: {e}"))
+                continue
+            msg = {"role": "assistant", "content": r.text or None}
+            if r.tool_calls:
+                msg["tool_calls"] = r.tool_calls
+            out.append(_checked(msg, r.stop_reason == "max_tokens", r.output_tokens))
+        return out
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class EndpointTeacher:
+    """An external OpenAI-compatible chat endpoint ([teachers.<name>] in afinar.toml)."""
+
+    def __init__(self, name: str, spec, max_tokens: int):
+        import os
+
+        self.name, self.spec, self.max_tokens = name, spec, max_tokens
+        self.key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        if spec.api_key_env and not self.key:
+            raise ConfigError(f"teacher '{name}': environment variable {spec.api_key_env} "
+                              f"(api_key_env) is not set")
+
+    def _call(self, p: PromptRecord) -> Answer:
+        import urllib.error
+        import urllib.request
+
+        body = {"model": self.spec.model, "max_tokens": self.max_tokens, "temperature": 0,
+                **openai_record(p.messages, p.tools)}
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        url = self.spec.base_url.rstrip("/") + "/chat/completions"
+        req = urllib.request.Request(url, json.dumps(body).encode(), headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.spec.timeout_s) as r:
+                got = json.loads(r.read())
+            choice = got["choices"][0]
+            m = choice["message"]
+        except urllib.error.HTTPError as e:
+            return Answer(problem=f"teacher call failed: HTTP {e.code} "
+                          f"{e.read()[:300].decode('utf-8', 'replace')}")
+        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError,
+                TypeError) as e:
+            return Answer(problem=f"teacher call failed: {type(e).__name__}: {e}")
+        msg = {"role": "assistant", "content": m.get("content")}
+        if m.get("tool_calls"):
+            try:
+                msg["tool_calls"] = [{"id": c.get("id") or f"call_{i}",
+                                      "name": c["function"]["name"],
+                                      "arguments": json.loads(c["function"]["arguments"])}
+                                     for i, c in enumerate(m["tool_calls"])]
+            except (KeyError, TypeError, ValueError) as e:
+                return Answer(problem=f"teacher returned a malformed tool call: {e}")
+        return _checked(msg, choice.get("finish_reason") == "length",
+                        (got.get("usage") or {}).get("completion_tokens", 0))
+
+    def answer(self, prompts: list[PromptRecord]) -> list[Answer]:
+        with ThreadPoolExecutor(self.spec.concurrency) as pool:
+            return list(pool.map(self._call, prompts))
+
+    def close(self) -> None:
+        pass
+
+
+def _checked(msg: dict, cut: bool, tokens: int) -> Answer:
+    if cut:
+        return Answer(problem="cut at max_new_tokens", tokens=tokens)
+    if not (msg.get("content") or "").strip() and not msg.get("tool_calls"):
+        return Answer(problem="empty", tokens=tokens)
+    return Answer(msg, tokens=tokens)
+
+
+def make_teacher(teacher: str, settings: Settings, max_tokens: int):
+    """An endpoint registered under that name in [teachers], else a model afinar loads."""
+    if teacher in settings.teachers:
+        return EndpointTeacher(teacher, settings.teachers[teacher], max_tokens)
+    return LocalTeacher(teacher, settings, max_tokens)
+
+
+# -- the dataset ----------------------------------------------------------------------------
+def _written(path: Path) -> list[dict]:
+    """The lines already written (a restarted run); a line cut by a crash is dropped."""
+    if not path.exists():
+        return []
+    good = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            int(rec["source_line"])
+        except (ValueError, KeyError, TypeError):
+            break
+        good.append(rec)
+    path.write_text("".join(json.dumps(x) + "\n" for x in good), encoding="utf-8")
+    return good
+
+
+def distil(path: str, out_dir: Path, role: str, teacher_factory: Callable[[], object],
+           progress: ProgressCallback, should_stop: Callable[[], bool],
+           use_prompt_response: bool = False) -> Distilled:
+    """The teacher's answers to every prompt of `path`, written to out_dir (see the module
+    doc). Raises DataError (every bad record, with line and field) before the teacher is
+    loaded, and Stopped when should_stop() turns true."""
+    read, records, issues = read_prompts(path)
+    if issues:
+        raise DataError(f"{path}: {len(issues)} problem(s) in the {role} prompts; the teacher "
+                        f"was not asked", issues,
+                        hint=f"distillation takes prompt records: {FORMS}")
+    if not records:
+        raise DataError(f"{path}: no {role} prompts")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kept_f, rej_f = out_dir / f"{role}_responses.jsonl", out_dir / f"{role}_rejected.jsonl"
+    kept_before, rejected_before = _written(kept_f), _written(rej_f)
+    done = {x["source_line"] for x in kept_before + rejected_before}
+    res = Distilled(kept_f, len(records), from_records=sum(
+        x.get("answered_by") == "record" for x in kept_before))
+    res.rejected.update(x["reason"] for x in rejected_before)
+    todo = [r for r in records if r.line not in done]
+    started = time.time()
+    with open(kept_f, "a", encoding="utf-8") as kept, open(rej_f, "a", encoding="utf-8") as rej:
+        if use_prompt_response:
+            for r in [r for r in todo if r.answer is not None]:
+                kept.write(json.dumps(openai_record(r.messages + [r.answer], r.tools,
+                                                    source_line=r.line, answered_by="record"))
+                           + "\n")
+                res.from_records += 1
+            todo = [r for r in todo if r.answer is None]
+        teacher = teacher_factory() if todo else None
+        try:
+            total, n = len(records), len(records) - len(todo)
+            progress(ProgressEvent("teacher", n, total, message=f"teacher answering {role} "
+                                   f"prompts" + (f" ({n} already answered)" if n else "")))
+            for s in range(0, len(todo), WINDOW):
+                if should_stop():
+                    raise Stopped(f"stopped while the teacher answered the {role} prompts: "
+                                  f"{n} of {total} done, kept in {kept_f}",
+                                  hint="run the same command again to continue from there")
+                batch = todo[s:s + WINDOW]
+                for r, a in zip(batch, teacher.answer(batch), strict=True):
+                    if a.message is None:
+                        rej.write(json.dumps({"source_line": r.line, "reason": a.problem.split(
+                            ":")[0], "detail": a.problem}) + "\n")
+                        res.rejected[a.problem.split(":")[0]] += 1
+                    else:
+                        kept.write(json.dumps(openai_record(
+                            r.messages + [a.message], r.tools, source_line=r.line,
+                            answered_by="teacher")) + "\n")
+                        res.from_teacher += 1
+                kept.flush()
+                rej.flush()
+                n += len(batch)
+                progress(ProgressEvent("teacher", n, total))
+        finally:
+            if teacher is not None:
+                teacher.close()
+    res.seconds = time.time() - started
+    if res.rejected and sum(res.rejected.values()) == res.prompts:
+        raise DataError(f"the teacher gave no usable answer to any of the {res.prompts} {role} "
+                        f"prompts (" + ", ".join(f"{n} {w}" for w, n in res.rejected.items())
+                        + f"); see {rej_f}", hint="check the teacher model, or raise "
+                        "max_new_tokens if the answers were cut")
+    return res

@@ -1,0 +1,114 @@
+"""Distillation: a tiny teacher answers unlabelled prompts, a random student learns its mapping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from afinar.errors import ConfigError, DataError
+from afinar.training.config import parse_train_config
+from afinar.training.trainer import train
+
+from conftest import COLORS, THINGS, mapping_rows, write_jsonl
+
+# a mapping the base tokenizer's random model cannot guess: the teacher learns it first
+SECRET = {t: COLORS[(i + 1) % 4] for i, t in enumerate(THINGS)}
+
+
+def _prompts(n: int) -> list[dict]:
+    return [{"prompt": f"Colour of {THINGS[i % 4]}?"} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_model_dir):
+    """A tiny model fine-tuned on SECRET (its own home: module-scoped)."""
+    from afinar.config import Settings
+
+    d = tmp_path_factory.mktemp("teacher")
+    rows = [{"prompt": r["prompt"], "completion": SECRET[r["prompt"][10:-1]]}
+            for r in mapping_rows(160)]
+    cfg = parse_train_config({
+        "train_data": str(write_jsonl(d / "t.jsonl", rows)), "base_model": str(tiny_model_dir),
+        "output_dir": str(d / "run"), "name": "tiny-teacher", "method": "full", "epochs": 8,
+        "batch_size": 8, "learning_rate": 1e-2, "warmup_steps": 0, "checkpoint_every": 0,
+        "precision": "fp32", "validation_split": 0, "threads": 2})
+    res = train(cfg, Settings(home=d / "home"))
+    return res.model_dir
+
+
+def _cfg(tmp_path, student, teacher, prompts, **kw):
+    base = {"type": "distill", "teacher": str(teacher), "max_new_tokens": 8,
+            "train_data": str(write_jsonl(tmp_path / "prompts.jsonl", prompts)),
+            "base_model": str(student), "output_dir": str(tmp_path / "run"),
+            "name": "tiny-student", "method": "full", "epochs": 8, "batch_size": 8,
+            "learning_rate": 1e-2, "warmup_steps": 0, "checkpoint_every": 0,
+            "precision": "fp32", "validation_split": 0, "threads": 2}
+    return parse_train_config(base | kw)
+
+
+def _answers(name: str, settings) -> list[str]:
+    from afinar.inference.generate import generate, load
+
+    prompts = [[{"role": "user", "content": f"Colour of {t}?"}] for t in THINGS]
+    return generate(load(name, settings, precision="fp32"), prompts, max_new_tokens=4)
+
+
+def test_the_student_learns_the_teachers_mapping(tmp_path, tiny_model_dir, teacher, settings):
+    """Unlabelled prompts only: the teacher's answers are the data, kept with the run, and the
+    random student ends up answering as the teacher does (the base cannot)."""
+    assert _answers(str(teacher), settings) == [SECRET[t] for t in THINGS]
+    res = train(_cfg(tmp_path, tiny_model_dir, teacher, _prompts(160)), settings)
+    assert res.status == "completed"
+    assert res.distillation["training"]["kept"] == 160, res.distillation
+    data = [json.loads(x) for x in (tmp_path / "run" / "distillation" /
+                                    "training_responses.jsonl").read_text().splitlines()]
+    assert len(data) == 160 and data[0]["source_line"] == 1
+    assert data[0]["messages"][-1] == {"role": "assistant", "content": SECRET["apple"]}
+    assert _answers("tiny-student", settings) == [SECRET[t] for t in THINGS]
+
+
+def test_a_stopped_teacher_phase_resumes_where_it_stopped(tmp_path, tiny_model_dir, teacher,
+                                                          settings, monkeypatch):
+    """Answers are written a window at a time: a stop keeps them, and the next run asks the
+    teacher only for the rest. use_prompt_response keeps a record's own answer."""
+    from afinar.training import distill
+
+    monkeypatch.setattr(distill, "WINDOW", 8)
+    prompts = _prompts(31) + [{"prompt": "Colour of sky?", "completion": "plaid"}]
+    calls = {"n": 0}
+
+    def stop_after_two_windows() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    from afinar.training.trainer import Trainer
+    cfg = _cfg(tmp_path, tiny_model_dir, teacher, prompts, use_prompt_response=True, epochs=1)
+    with pytest.raises(distill.Stopped, match="17 of 32 done"):
+        Trainer(cfg, settings, should_stop=stop_after_two_windows).prepare()
+    res = train(cfg, settings)
+    d = res.distillation["training"]
+    assert (d["kept"], d["from_records"]) == (32, 1), d
+    lines = [json.loads(x)["source_line"] for x in (tmp_path / "run" / "distillation" /
+             "training_responses.jsonl").read_text().splitlines()]
+    assert sorted(lines) == list(range(1, 33))  # each prompt answered once
+    assert lines[0] == 32  # the record's own answer is written first (no teacher needed)
+
+
+def test_bad_distillation_inputs_fail_before_the_teacher_runs(tmp_path, tiny_model_dir,
+                                                              settings):
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        parse_train_config({"type": "distill", "train_data": "x.jsonl"})
+    with pytest.raises(ConfigError, match="set type=distill"):
+        parse_train_config({"teacher": "m", "train_data": "x.jsonl"})
+    bad = _prompts(3) + [{"prompt": ""}, {"messages": [{"role": "user", "content": "hi"},
+                                                      {"role": "assistant", "content": "x"},
+                                                      {"role": "assistant", "content": "y"}]}]
+    # the teacher does not exist: the data error must come first
+    with pytest.raises(DataError) as e:
+        train(_cfg(tmp_path, tiny_model_dir, tmp_path / "no-such-teacher", bad), settings)
+    text = str(e.value) + "".join(i.where() + i.message for i in e.value.issues)
+    assert "line 4" in text and "'prompt'" in text and "line 5" in text, text
+    with pytest.raises(Exception, match="no-such-teacher"):
+        train(_cfg(tmp_path, tiny_model_dir, tmp_path / "no-such-teacher", _prompts(4),
+                   output_dir=str(tmp_path / "run2")), settings)
