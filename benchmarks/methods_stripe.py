@@ -4,12 +4,15 @@ them, through the CLI:
   rft: the same weak SFT start, then reinforcement fine-tuning on new prompts, each sampled
        answer scored by a grader (default: the share of the reference call's JSON fields it
        gets right); the reference calls are never trained on.
+  distill: the demo's tuned model (`afinar demo`, 400 labelled examples) as the teacher, the
+       base model as the student, trained on the teacher's answers to new unlabelled requests
+       (--pairs of them); student vs teacher on the demo's held-out test requests.
   dpo: a weak SFT start (a few labelled examples), then preference pairs on new prompts —
        the correct call preferred over a corrupted one (a wrong operation, amount, currency,
        id or a missing parameter) and, with --rejected model/both, over the SFT model's own
        wrong answers — and held-out exact match before and after.
 
-    .venv/bin/python benchmarks/methods_stripe.py dpo|rft [--sft-examples 40] [--pairs 400]
+    .venv/bin/python benchmarks/methods_stripe.py dpo|rft|distill [--sft-examples 40] [--pairs 400]
         [--test 100] [--rejected corrupt|model|both] [--set KEY=VALUE ...] [--out DIR]
 
 Prints the CPU, each stage's wall time and a table; results also go to <out>/results.json.
@@ -172,15 +175,49 @@ def run_rft(a, out: Path, extra: list[str]) -> dict:
     return res
 
 
+def run_distill(a, out: Path, extra: list[str]) -> dict:
+    """Teacher: the demo's model. Student: the base, on the teacher's answers to unlabelled
+    requests (instruction + input, no output)."""
+    home, times = out / "home", {}
+    t = time.time()
+    demo = _afinar(["demo", "--output-dir", str(out / "demo")], home)
+    times["demo"] = time.time() - t
+    teacher, test = demo["paths"]["name"], out / "demo" / "data" / "test.jsonl"
+    rows = generate(a.pairs, seed=23)
+    write_jsonl(out / "prompts.jsonl", [{"instruction": r["instruction"], "input": r["input"]}
+                                        for r in rows])
+    t = time.time()
+    tr = _afinar(["train", "--type", "distill", "--teacher", teacher, "--train-data",
+                  str(out / "prompts.jsonl"), "--base-model", a.base_model, "--name",
+                  "student", "--output-dir", str(out / "student"), *extra], home)
+    times["distill_train"] = time.time() - t
+    log = (out / "student" / "training_artifacts" / "training_log.jsonl")
+    t = time.time()
+    ev = _afinar(["eval", "--model", a.base_model, "--model", teacher, "--model", "student",
+                  "--data", str(test)], home)
+    times["eval"] = time.time() - t
+    em = {m["id"]: m["metrics"]["exact_match"] for m in ev["models"]}
+    res = {"method": "distill", "teacher": teacher, "prompts": a.pairs,
+           "test": str(test), "base_exact_match": em[a.base_model],
+           "teacher_exact_match": em[teacher], "student_exact_match": em["student"],
+           "distillation": tr.get("distillation"), "steps": tr.get("steps"),
+           "auto": tr.get("auto_hyperparameters"), "log": str(log),
+           "seconds": {k: round(v, 1) for k, v in times.items()}, "settings": extra}
+    print(f"  distillation on {a.pairs} unlabelled requests: base {em[a.base_model]:.1%}, "
+          f"teacher {em[teacher]:.1%}, student {em['student']:.1%} held-out exact match; "
+          f"teacher + student training {times['distill_train']:.0f} s", flush=True)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("method", choices=["dpo", "rft"])
+    p.add_argument("method", choices=["dpo", "rft", "distill"])
     p.add_argument("--grader", default="fields", help="rft: the grader (default fields)")
     p.add_argument("--start", help="rft: start from this custom model (in --out's home) "
                    "instead of a new SFT run")
     p.add_argument("--base-model", default="smollm2-135m-instruct")
     p.add_argument("--sft-examples", type=int, default=40)
-    p.add_argument("--pairs", type=int, default=400)
+    p.add_argument("--pairs", type=int, default=400, help="dpo: pairs; rft, distill: prompts")
     p.add_argument("--test", type=int, default=100)
     p.add_argument("--rejected", choices=["corrupt", "model", "both"], default="corrupt")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -195,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu_features()}; {os.cpu_count()} cores; base {a.base_model}; "
           f"{a.method}; settings: {' '.join(a.set) or 'defaults'}", flush=True)
-    res = (run_dpo if a.method == "dpo" else run_rft)(a, out, extra)
+    res = {"dpo": run_dpo, "rft": run_rft, "distill": run_distill}[a.method](a, out, extra)
     (out / "results.json").write_text(json.dumps(res, indent=2))
     print(f"results: {out / 'results.json'}")
     return 0

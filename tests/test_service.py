@@ -638,3 +638,111 @@ def test_s3_compatible_endpoint(tmp_path, tiny_model_dir, monkeypatch):
         assert not (srv.home / "s3").exists() or not any((srv.home / "s3").rglob("*.csv"))
     finally:
         s3srv.stop()
+
+
+def test_distillation_job_from_a_file_and_from_the_invocation_log(tmp_path, tiny_model_dir):
+    """DISTILLATION through boto3: a custom model (fine-tuned on a mapping by an SFT job) is
+    the teacher of the tiny base on unlabelled prompts, and the student answers as the teacher
+    does. Then invocation logging is turned on, calls are made (Converse and OpenAI chat, with
+    request metadata), and a second job learns from the logged calls that match a filter,
+    keeping their logged answers (usePromptResponse)."""
+    from test_distill import SECRET
+
+    srv = Server(tmp_path / "srv", tiny_model_dir).start()
+    try:
+        bedrock = srv.client()
+        rt = boto3.client("bedrock-runtime", endpoint_url=srv.url, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+        rows = [{"prompt": r["prompt"], "completion": SECRET[r["prompt"][10:-1]]}
+                for r in mapping_rows(160)]
+        full = {"method": "full", "epochCount": "8", "learningRate": "0.01",
+                "precision": "fp32", "validation_split": "0"}
+        t = _wait(bedrock, _create(bedrock, "teach", "m-teacher", srv.put("d/t.jsonl", rows),
+                                   hp=full))
+        assert t["status"] == "Completed", t.get("failureMessage")
+        prompts = srv.put("d/prompts.jsonl", [{"prompt": r["prompt"]}
+                                              for r in mapping_rows(160)])
+        teacher = {"distillationConfig": {"teacherModelConfig": {
+            "teacherModelIdentifier": "afinar.m-teacher", "maxResponseLengthForInference": 8}}}
+        arn = _create(bedrock, "distil", "m-student", prompts, base="tiny", hp=full,
+                      customizationType="DISTILLATION", customizationConfig=teacher)
+        j = _wait(bedrock, arn)
+        assert j["status"] == "Completed", j.get("failureMessage")
+        assert j["customizationConfig"] == teacher
+        out = srv.bucket / "fine-tuning" / "output" / f"model-customization-job-{arn[-12:]}"
+        kept = (out / "distillation" / "training_responses.jsonl").read_text().splitlines()
+        assert len(kept) == 160
+        ask = [{"role": "user", "content": [{"text": f"Colour of {t}?"}]} for t in THINGS]
+
+        def answers(model: str, **kw) -> list[str]:
+            return [rt.converse(modelId=model, messages=[m], **kw)["output"]["message"][
+                "content"][0]["text"] for m in ask]
+
+        assert answers("m-student") == [SECRET[t] for t in THINGS]
+        assert bedrock.get_custom_model(modelIdentifier="m-student")["customizationType"] == \
+            "DISTILLATION"
+
+        # -- the invocation log ---------------------------------------------------------------
+        assert "loggingConfig" not in bedrock.get_model_invocation_logging_configuration()
+        bedrock.put_model_invocation_logging_configuration(loggingConfig={
+            "s3Config": {"bucketName": "mi-bucket", "keyPrefix": "invocations"},
+            "textDataDeliveryEnabled": True})
+        got = bedrock.get_model_invocation_logging_configuration()["loggingConfig"]
+        assert got["s3Config"] == {"bucketName": "mi-bucket", "keyPrefix": "invocations"}
+        answers("m-teacher", requestMetadata={"app": "colours"})
+        answers("m-teacher", requestMetadata={"app": "other"})
+        body = {"model": "m-teacher", "metadata": {"app": "colours"},
+                "messages": [{"role": "user", "content": "Colour of sky?"}]}
+        req = urllib.request.Request(f"{srv.url}/v1/chat/completions",
+                                     json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            assert json.loads(r.read())["choices"][0]["message"]["content"] == SECRET["sky"]
+        logs = {"invocationLogSource": {"s3Uri": "s3://mi-bucket/invocations/"},
+                "usePromptResponse": True,
+                "requestMetadataFilters": {"equals": {"app": "colours"}}}
+        arn = bedrock.create_model_customization_job(
+            jobName="from-logs", customModelName="m-logs", roleArn=ROLE,
+            baseModelIdentifier="tiny", customizationType="DISTILLATION",
+            customizationConfig=teacher, trainingDataConfig={"invocationLogsConfig": logs},
+            outputDataConfig={"s3Uri": "s3://mi-bucket/fine-tuning/output/"},
+            hyperParameters={"max_steps": "1", "precision": "fp32",
+                             "validation_split": "0"})["jobArn"]
+        j = _wait(bedrock, arn)
+        assert j["status"] == "Completed", j.get("failureMessage")
+        assert any("5 prompts; left out: 4 filtered out" in e["message"]
+                   for e in srv.events("from-logs")), srv.events("from-logs")
+        out = srv.bucket / "fine-tuning" / "output" / f"model-customization-job-{arn[-12:]}"
+        kept = [json.loads(x) for x in (out / "distillation" / "training_responses.jsonl")
+                .read_text().splitlines()]
+        assert len(kept) == 5 and {k["answered_by"] for k in kept} == {"record"}
+        assert {k["messages"][-1]["content"] for k in kept} == set(SECRET.values())
+        bedrock.delete_model_invocation_logging_configuration()
+        assert "loggingConfig" not in bedrock.get_model_invocation_logging_configuration()
+
+        def refused(**kw) -> str:
+            kw.setdefault("customizationType", "DISTILLATION")
+            with pytest.raises(bedrock.exceptions.ValidationException) as e:
+                _create(bedrock, "bad", "m-bad", prompts, base="tiny", **kw)
+            return str(e.value)
+
+        assert "teacherModelIdentifier" in refused()
+        assert "teacherModelIdentifier: 'afinar.nope' is not a known model" in refused(
+            customizationConfig={"distillationConfig": {"teacherModelConfig": {
+                "teacherModelIdentifier": "afinar.nope"}}})
+        assert "rftConfig does not fit customizationType DISTILLATION" in refused(
+            customizationConfig={"rftConfig": {"graderConfig": {"lambdaGrader": {
+                "lambdaArn": GRADER_ARN}}}})
+        assert "teacher cannot be set by a request" in refused(
+            customizationConfig=teacher, hp={"teacher": "m-teacher"})
+        with pytest.raises(bedrock.exceptions.ValidationException, match="is for "
+                           "customizationType DISTILLATION"):
+            bedrock.create_model_customization_job(
+                jobName="bad2", customModelName="m-bad2", roleArn=ROLE, baseModelIdentifier="tiny",
+                trainingDataConfig={"invocationLogsConfig": logs},
+                outputDataConfig={"s3Uri": "s3://mi-bucket/o/"})
+        with pytest.raises(bedrock.exceptions.ValidationException, match="cloudWatchConfig"):
+            bedrock.put_model_invocation_logging_configuration(loggingConfig={
+                "cloudWatchConfig": {"logGroupName": "g", "roleArn": ROLE}})
+    finally:
+        srv.kill(signal.SIGTERM)

@@ -322,6 +322,8 @@ def cmd_train(args) -> int:
                "validation": res.validation, "tokens_per_second": round(res.tokens_per_second),
                "seconds": round(res.seconds, 1), "warnings": res.warnings,
                "auto_hyperparameters": res.auto}
+    if res.distillation:
+        summary["distillation"] = res.distillation
     if args.json:
         dump_json(summary)
         return 0
@@ -333,6 +335,10 @@ def cmd_train(args) -> int:
         out(f"  training loss {res.first_loss:.4f} -> {res.train_loss:.4f}")
     if res.validation:
         out(f"  {describe_validation(res.validation)}")
+    for role, d in (res.distillation or {}).items():
+        out(f"  teacher's {role} answers: {d['kept']} of {d['prompts']} kept in {d['dataset']}"
+            + (f" ({', '.join(f'{n} {w}' for w, n in d['rejected'].items())} left out)"
+               if d["rejected"] else ""))
     out(f"  output: {res.output_dir}")
     if res.status == "stopped":
         out(f"  resume with: afinar train --output-dir {res.output_dir} --resume ...")

@@ -239,6 +239,20 @@ def response(family: str, r: GenRequest, model_id: str) -> dict:
                 "totalTokens": r.input_tokens + r.output_tokens}}
 
 
+def answer_text(family: str, out: dict) -> str | None:
+    """The answer's text in a response body of this family (an invocation log's output)."""
+    if family == "afinar":
+        return out.get("output")
+    if family == "anthropic":
+        return "".join(b.get("text", "") for b in out.get("content", [])
+                       if b.get("type") == "text") or None
+    if family == "titan-text":
+        return out["results"][0].get("outputText")
+    if family == "llama":
+        return out.get("generation")
+    return "".join(b.get("text", "") for b in out["output"]["message"]["content"]) or None
+
+
 def stream(family: str, r: GenRequest, model_id: str, timeout: float) -> Iterator[dict]:
     """The chunks of InvokeModelWithResponseStream in the provider's streaming shape. Tool
     calls, where the request has tools, come whole at the end (as the full response has

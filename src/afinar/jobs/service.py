@@ -38,8 +38,12 @@ from afinar.storage import Storage, StorageError
 
 DEFAULT_PAGE = 100
 CUSTOMIZATION = "customization"  # the jobs table's kind for model customization jobs
-SUPPORTED_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING", "REINFORCEMENT_FINE_TUNING")
+SUPPORTED_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING", "REINFORCEMENT_FINE_TUNING",
+                   "DISTILLATION")
 RFT = "REINFORCEMENT_FINE_TUNING"
+DISTILLATION = "DISTILLATION"
+TEACHER = "customizationConfig.distillationConfig.teacherModelConfig"
+LOGS = "trainingDataConfig.invocationLogsConfig"
 RFT_GRADER = "customizationConfig.rftConfig.graderConfig.lambdaGrader.lambdaArn"
 
 
@@ -75,6 +79,25 @@ def rft_settings(req: dict, settings: Settings) -> dict:
             **{RFT_NAMES[k]: v for k, v in hp.items() if v is not None}}
 
 
+def distillation_settings(req: dict, teacher: str) -> dict:
+    """A DISTILLATION request's training settings: type distill, the teacher (resolved by the
+    caller), the longest teacher answer, usePromptResponse. Raises InvalidRequest naming the
+    field."""
+    tc = (((req.get("customizationConfig") or {}).get("distillationConfig") or {})
+          .get("teacherModelConfig") or {})
+    out = {"type": "distill", "teacher": teacher}
+    n = tc.get("maxResponseLengthForInference")
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 32768:
+            raise InvalidRequest(f"{TEACHER}.maxResponseLengthForInference must be an integer "
+                                 f"from 1 to 32768, got {n!r}")
+        out["max_new_tokens"] = n
+    logs = req["trainingDataConfig"].get("invocationLogsConfig")
+    if logs and logs.get("usePromptResponse"):
+        out["use_prompt_response"] = True
+    return out
+
+
 def bedrock_id(registry_id: str) -> str:
     """Bedrock model ids are provider.model (`huggingfacetb.smollm2-135m-instruct`);
     GetFoundationModel's pattern requires the dot."""
@@ -103,10 +126,12 @@ class JobService:
         self.arns = Arns(settings)
         self.storage = Storage(settings)
         self.scheduler: Scheduler | None = None
+        from afinar.inference.invocation_log import InvocationLog
         from afinar.jobs.evaluations import EvaluationJobs
         from afinar.jobs.invocations import InvocationJobs
         self.invocations = InvocationJobs(self)
         self.evaluations = EvaluationJobs(self)
+        self.invocation_log = InvocationLog(settings)  # off until configured
 
     # -- model identifiers ---------------------------------------------------------------
     def resolve_base(self, identifier: str) -> tuple[str, str, str, str]:
@@ -158,29 +183,47 @@ class JobService:
             raise InvalidRequest(f"customizationType {ctype} is not supported; use one of "
                              f"{', '.join(SUPPORTED_TYPES)}")
         unsupported = [k for k in ("vpcConfig", "customModelKmsKeyId") if req.get(k)]
-        if req.get("customizationConfig") and ctype != RFT:
-            raise InvalidRequest(f"customizationConfig is for customizationType {RFT} "
-                                 f"(rftConfig) here; DISTILLATION is not supported yet")
         if unsupported:
             raise InvalidRequest(f"{', '.join(unsupported)} not supported by afinar; remove it")
-        if req["trainingDataConfig"].get("invocationLogsConfig"):
-            raise InvalidRequest("trainingDataConfig.invocationLogsConfig is not supported; "
-                             "give trainingDataConfig.s3Uri")
-        if not req["trainingDataConfig"].get("s3Uri"):
+        cc = req.get("customizationConfig") or {}
+        want = {RFT: "rftConfig", DISTILLATION: "distillationConfig"}.get(ctype)
+        if set(cc) - {want}:
+            raise InvalidRequest(f"customizationConfig.{sorted(set(cc) - {want})[0]} does not "
+                                 f"fit customizationType {ctype}" + (
+                                     f" (it takes {want})" if want else ""))
+        teacher = None
+        if ctype == DISTILLATION:
+            ident = ((cc.get("distillationConfig") or {}).get("teacherModelConfig") or {}).get(
+                "teacherModelIdentifier")
+            if not ident:
+                raise InvalidRequest(f"missing required field '{TEACHER}.teacherModelIdentifier'")
+            teacher = self.resolve_teacher(ident)
+        data = req["trainingDataConfig"]
+        logs = data.get("invocationLogsConfig")
+        if logs and ctype != DISTILLATION:
+            raise InvalidRequest(f"{LOGS} is for customizationType {DISTILLATION}; give "
+                                 f"trainingDataConfig.s3Uri")
+        if logs and data.get("s3Uri"):
+            raise InvalidRequest(f"give trainingDataConfig.s3Uri or {LOGS}, not both")
+        if logs:
+            self._check_logs_config(logs)
+        elif not data.get("s3Uri"):
             raise InvalidRequest("missing required field 'trainingDataConfig.s3Uri'")
         validators = (req.get("validationDataConfig") or {}).get("validators") or []
         if len(validators) > 1:
             raise InvalidRequest("validationDataConfig.validators: afinar takes one validation "
                              "file")
         try:
-            self.storage.locate(req["trainingDataConfig"]["s3Uri"], "trainingDataConfig.s3Uri")
+            if data.get("s3Uri"):
+                self.storage.locate(data["s3Uri"], "trainingDataConfig.s3Uri")
             for i, v in enumerate(validators):
                 self.storage.locate(v["s3Uri"], f"validationDataConfig.validators[{i}].s3Uri")
             self.storage.locate(req["outputDataConfig"]["s3Uri"], "outputDataConfig.s3Uri")
         except StorageError as e:
             raise InvalidRequest(str(e)) from None
         self._check_hyperparameters(req.get("hyperParameters") or {}, ctype,
-                                    rft_settings(req, self.settings) if ctype == RFT else None)
+                                    rft_settings(req, self.settings) if ctype == RFT else
+                                    distillation_settings(req, teacher) if teacher else None)
         target, base_id, base_arn, _ = self.resolve_base(req["baseModelIdentifier"])
         name, model_name = req["jobName"], req["customModelName"]
         if not valid_name(model_name):
@@ -208,21 +251,51 @@ class JobService:
         self.add_job(row, f"job created: {ctype} of {target} -> {model_name}")
         return {"jobArn": row["arn"]}
 
+    def resolve_teacher(self, ident: str) -> str:
+        """A distillation teacher: an endpoint registered in [teachers], or any model a job
+        may train on (what the worker loads); a custom model as `afinar.<name>` too, since
+        Bedrock's teacherModelIdentifier pattern admits only provider.model ids and
+        foundation-model ARNs."""
+        if ident in self.settings.teachers:
+            return ident
+        if ident.startswith("afinar.") and self._custom_record(ident[7:]) is not None:
+            ident = ident[7:]  # Bedrock's pattern takes provider.model ids: afinar.<custom>
+        try:
+            return self.resolve_base(ident)[0]
+        except InvalidRequest as e:
+            raise InvalidRequest(f"{TEACHER}.teacherModelIdentifier: "
+                                 f"{e.message.removeprefix('baseModelIdentifier ')}; or "
+                                 f"register an OpenAI-compatible endpoint under that name in "
+                                 f"afinar.toml [teachers]") from None
+
+    def _check_logs_config(self, logs: dict) -> None:
+        from afinar.inference.invocation_log import check_filters
+
+        src = (logs.get("invocationLogSource") or {}).get("s3Uri")
+        if not src:
+            raise InvalidRequest(f"missing required field '{LOGS}.invocationLogSource.s3Uri'")
+        try:
+            self.storage.locate(src, f"{LOGS}.invocationLogSource.s3Uri")
+        except StorageError as e:
+            raise InvalidRequest(str(e)) from None
+        check_filters(logs.get("requestMetadataFilters"))
+
     def _check_hyperparameters(self, hp: dict, ctype: str, rft: dict | None = None) -> None:
         from afinar.training.config import parse_train_config, request_hyperparameters
 
         try:
             values = request_hyperparameters(hp)
-            for k, v in (rft or {}).items():  # rftConfig's settings; hyperParameters add to them
-                if k in values and str(values[k]) != str(v):
-                    raise InvalidRequest(f"hyperParameters.{k} and customizationConfig."
-                                         f"rftConfig set it differently; keep one")
+            for k, v in (rft or {}).items():  # customizationConfig's settings; hyperParameters
+                if k in values and str(values[k]) != str(v):  # add to them
+                    raise InvalidRequest(f"hyperParameters.{k} and customizationConfig "
+                                         f"set it differently; keep one")
                 values[k] = v
             cpt = ctype == "CONTINUED_PRE_TRAINING"
             values.setdefault("type", "cpt" if cpt else "sft")
             values.update(train_data="x.jsonl", base_model="x")
             cfg = parse_train_config(values, source="hyperParameters")
-            fits = {"CONTINUED_PRE_TRAINING": {"cpt"}, RFT: {"rft"}}.get(
+            fits = {"CONTINUED_PRE_TRAINING": {"cpt"}, RFT: {"rft"},
+                    DISTILLATION: {"distill"}}.get(
                 ctype, {"sft", "classify", "dpo"})
             if cfg.type not in fits:
                 raise InvalidRequest(f"hyperParameters.type {cfg.type} does not fit "
@@ -480,7 +553,8 @@ class JobService:
         return {"modelArn": self.arns.foundation(mid), "modelId": mid, "modelName": name,
                 "providerName": provider, "inputModalities": ["TEXT"],
                 "outputModalities": ["TEXT"], "responseStreamingSupported": True,
-                "customizationsSupported": ["FINE_TUNING", "CONTINUED_PRE_TRAINING", RFT],
+                "customizationsSupported": ["FINE_TUNING", "CONTINUED_PRE_TRAINING", RFT,
+                                            DISTILLATION],
                 "inferenceTypesSupported": ["ON_DEMAND"],
                 "modelLifecycle": {"status": "ACTIVE"}}
 

@@ -86,14 +86,25 @@ def run(job_id: str, settings: Settings) -> int:
         # -- validation ----------------------------------------------------------------------
         set_phase(engine, job_id, "validationDetails", "InProgress")
         storage = Storage(settings)
-        train_loc = storage.locate(req["trainingDataConfig"]["s3Uri"], "trainingDataConfig.s3Uri")
-        train_path = storage.fetch(train_loc, jobdir / "inputs", "trainingDataConfig.s3Uri")
+        logs = req["trainingDataConfig"].get("invocationLogsConfig")
+        if logs:  # distillation from the server's invocation log
+            train_path = _prompts_from_logs(engine, job_id, storage, logs, jobdir)
+        else:
+            train_loc = storage.locate(req["trainingDataConfig"]["s3Uri"],
+                                       "trainingDataConfig.s3Uri")
+            train_path = storage.fetch(train_loc, jobdir / "inputs", "trainingDataConfig.s3Uri")
         valid_path = None
         for v in (req.get("validationDataConfig") or {}).get("validators") or []:
             loc = storage.locate(v["s3Uri"], "validationDataConfig.validators[0].s3Uri")
             valid_path = storage.fetch(loc, jobdir / "inputs" / "validation",
                                        "validationDataConfig.validators[0].s3Uri")
-        from afinar.jobs.service import RFT, rft_settings
+        from afinar.jobs.service import (
+            DISTILLATION,
+            RFT,
+            JobService,
+            distillation_settings,
+            rft_settings,
+        )
         from afinar.training.config import parse_train_config, request_hyperparameters
 
         cpt = row.customization_type == "CONTINUED_PRE_TRAINING"
@@ -101,11 +112,21 @@ def run(job_id: str, settings: Settings) -> int:
         values.update(request_hyperparameters(req.get("hyperParameters") or {}))
         if row.customization_type == RFT:
             values.update(rft_settings(req, settings))
+        elif row.customization_type == DISTILLATION:
+            ident = req["customizationConfig"]["distillationConfig"]["teacherModelConfig"][
+                "teacherModelIdentifier"]
+            teacher = JobService(settings, engine).resolve_teacher(ident)
+            values.update(distillation_settings(req, teacher))
+            add_event(engine, job_id, f"teacher: {ident}" + (
+                f" ({teacher})" if teacher != ident else ""))
         elif cpt or values.get("type") not in ("sft", "classify", "dpo"):
             values["type"] = "cpt" if cpt else "sft"
         if values["type"] == "rft":  # prompts: checked (with the grader) as they are prepared
             add_event(engine, job_id, "training data: prompts, checked with the grader when "
                       "prepared")
+        elif values["type"] == "distill":  # prompts: checked before the teacher is loaded
+            add_event(engine, job_id, "training data: prompts, checked before the teacher "
+                      "answers them")
         else:
             _validate_data(engine, job_id, train_path, "training", values["type"])
             if valid_path:
@@ -221,6 +242,30 @@ def run(job_id: str, settings: Settings) -> int:
         return 1
 
 
+def _prompts_from_logs(engine, job_id: str, storage: Storage, logs: dict, jobdir: Path
+                      ) -> Path:
+    """A distillation job's prompts, read from the invocation log under
+    invocationLogSource.s3Uri, into <job>/inputs/invocation_prompts.jsonl."""
+    from afinar.data.readers import write_jsonl
+    from afinar.training.distill import prompts_from_logs
+
+    field = "trainingDataConfig.invocationLogsConfig.invocationLogSource.s3Uri"
+    src = logs["invocationLogSource"]["s3Uri"]
+    files = storage.fetch_tree(storage.locate(src, field), jobdir / "inputs" / "logs", field)
+    rows, skipped = prompts_from_logs(files, logs.get("requestMetadataFilters"),
+                                      bool(logs.get("usePromptResponse")))
+    left = "; left out: " + ", ".join(f"{n} {why}" for why, n in skipped.items()) \
+        if skipped else ""
+    add_event(engine, job_id, f"invocation log {src}: {len(files)} file(s), {len(rows)} "
+              f"prompts{left}")
+    if not rows:
+        raise DataError(f"{field}: no usable invocation in {src}{left}. Turn logging on with "
+                        f"PutModelInvocationLoggingConfiguration before the calls to learn from")
+    path = jobdir / "inputs" / "invocation_prompts.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
 def _validate_data(engine, job_id: str, path: Path, role: str, kind: str) -> None:
     from afinar.data.check import check_file
     from afinar.data.schema import PREFERENCE, SUPERVISED, UNLABELLED
@@ -260,7 +305,8 @@ def _validate_data(engine, job_id: str, path: Path, role: str, kind: str) -> Non
 def _publish(storage: Storage, run: Path, out_loc, job_id: str, method: str) -> list[str]:
     """Bedrock's layout under the output prefix: model-customization-job-<id>/
     training_artifacts/step_wise_training_metrics.csv, validation_artifacts/..., plus afinar's
-    model card, record and the adapter (LoRA) or model (full)."""
+    model card, record, the teacher's answers (distillation/) and the adapter (LoRA) or model
+    (full)."""
     import shutil
     import tempfile
 
@@ -268,8 +314,8 @@ def _publish(storage: Storage, run: Path, out_loc, job_id: str, method: str) -> 
 
     stage = Path(tempfile.mkdtemp(prefix="afinar-out-"))
     try:
-        for name in ("training_artifacts", "validation_artifacts", "adapter" if method == "lora"
-                     else "merged"):
+        for name in ("training_artifacts", "validation_artifacts", "distillation",
+                     "adapter" if method == "lora" else "merged"):
             if (run / name).exists():
                 shutil.copytree(run / name, stage / name)
         for name in ("README.md", "afinar_model.json", "inputs.json"):

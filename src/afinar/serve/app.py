@@ -56,6 +56,11 @@ BEDROCK_OPERATIONS = {
     "GetEvaluationJob": lambda s, p: s.evaluations.get(p["jobIdentifier"]),
     "ListEvaluationJobs": lambda s, p: s.evaluations.list(p),
     "StopEvaluationJob": lambda s, p: s.evaluations.stop(p["jobIdentifier"]),
+    "PutModelInvocationLoggingConfiguration": lambda s, p: s.invocation_log.put(
+        p.get("loggingConfig")) or {},
+    "GetModelInvocationLoggingConfiguration": lambda s, p: {
+        "loggingConfig": s.invocation_log.get()} if s.invocation_log.get() else {},
+    "DeleteModelInvocationLoggingConfiguration": lambda s, p: s.invocation_log.delete() or {},
 }
 
 
@@ -136,7 +141,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
         with lazy_lock:
             if "runtime" not in lazy:
                 from afinar.serve.runtime import Runtime
-                lazy["runtime"] = Runtime(engine, service.serving_id, get_embedder)
+                lazy["runtime"] = Runtime(engine, service.serving_id, get_embedder,
+                                          service.invocation_log)
             return lazy["runtime"]
 
     def get_embedder():
@@ -147,7 +153,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     knowledge = KnowledgeService(settings, get_engine, service)
     app.state.knowledge = knowledge
     app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder,
-                                            settings.model_aliases))
+                                            settings.model_aliases, service.invocation_log))
     app.include_router(evaluations.router(service))
     app.include_router(catalog_routes.router(settings, service, knowledge))
     app.include_router(afinar_api.router(settings, service))

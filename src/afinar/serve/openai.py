@@ -213,6 +213,13 @@ def _usage(reqs: list[GenRequest]) -> dict:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
+def _choices(reqs: list[GenRequest], chat: bool) -> list[dict]:
+    return [_chat_choice(i, q) if chat else
+            {"index": i, "text": q.text, "logprobs": None,
+             "finish_reason": FINISH.get(q.stop_reason, "stop")}
+            for i, q in enumerate(reqs)]
+
+
 def _chat_choice(i: int, r: GenRequest) -> dict:
     msg = {"role": "assistant", "content": r.text if (r.text or not r.tool_calls) else None,
            "refusal": None}
@@ -262,9 +269,18 @@ def _call_chunks(chunk, index: int, call: dict):
         "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}]})
 
 
-def router(get_engine, list_models, get_embedder, aliases: dict | None = None) -> APIRouter:
+def router(get_engine, list_models, get_embedder, aliases: dict | None = None,
+           invocation_log=None) -> APIRouter:
     r = APIRouter(prefix="/v1")
     aliases = aliases or {}
+
+    def record(chat: bool, body: dict, reqs: list[GenRequest], out: dict) -> None:
+        """The call in the invocation log (inference/invocation_log.py), when it is on."""
+        if invocation_log is not None:
+            u = _usage(reqs)
+            md = body.get("metadata") if isinstance(body.get("metadata"), dict) else None
+            invocation_log.record("ChatCompletions" if chat else "Completions", body["model"],
+                                  body, out, u["prompt_tokens"], u["completion_tokens"], md)
 
     def _model_obj(m: str) -> dict:
         return {"id": m, "object": "model", "created": 0, "owned_by": "afinar"}
@@ -337,17 +353,17 @@ def router(get_engine, list_models, get_embedder, aliases: dict | None = None) -
                 if include_usage:
                     yield _sse(base | {"choices": [], "usage": _usage(reqs)})
                 yield "data: [DONE]\n\n"
+                record(chat, body, reqs, base | {"object": obj, "choices": _choices(
+                    reqs, chat), "usage": _usage(reqs)})
             return StreamingResponse(inference_iter(sse()), media_type="text/event-stream")
         try:
             for q in reqs:
                 await inference(q.result, 600)
         except TimeoutError as e:
             return _error(504, str(e), "timeout")
-        choices = [_chat_choice(i, q) if chat else
-                   {"index": i, "text": q.text, "logprobs": None,
-                    "finish_reason": FINISH.get(q.stop_reason, "stop")}
-                   for i, q in enumerate(reqs)]
-        return base | {"object": obj, "choices": choices, "usage": _usage(reqs)}
+        out = base | {"object": obj, "choices": _choices(reqs, chat), "usage": _usage(reqs)}
+        record(chat, body, reqs, out)
+        return out
 
     @r.post("/chat/completions")
     async def chat_completions(request: Request):

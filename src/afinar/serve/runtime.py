@@ -38,10 +38,18 @@ REQUEST_TIMEOUT_S = 600
 
 
 class Runtime:
-    def __init__(self, engine, resolve_model_id, get_embedder=None):
+    def __init__(self, engine, resolve_model_id, get_embedder=None, log=None):
         self.engine = engine
         self.resolve_model_id = resolve_model_id  # Bedrock id/ARN -> afinar model identifier
         self.get_embedder = get_embedder  # Titan embeddings bodies
+        self.log = log  # inference/invocation_log.py: off unless configured
+
+    def _record(self, op: str, p: dict, body: dict, out: dict, r: GenRequest | None = None,
+                embedding: bool = False, tokens: int = 0) -> None:
+        if self.log is not None:
+            md = p.get("requestMetadata") if isinstance(p.get("requestMetadata"), dict) else None
+            self.log.record(op, p["modelId"], body, out, r.input_tokens if r else tokens,
+                            r.output_tokens if r else 0, md, embedding)
 
     # -- request building --------------------------------------------------------------------
     def _submit(self, model_id: str, **kw) -> GenRequest:
@@ -94,12 +102,10 @@ class Runtime:
     def converse(self, p: dict) -> dict:
         t0 = time.time()
         r = self._wait(self._converse_request(p))
-        content = ([{"text": r.text}] if r.text or not r.tool_calls else []) + [
-            {"toolUse": {"toolUseId": c["id"], "name": c["name"], "input": c["arguments"]}}
-            for c in r.tool_calls]
-        return {"output": {"message": {"role": "assistant", "content": content}},
-                "stopReason": r.stop_reason, "usage": _usage(r),
-                "metrics": {"latencyMs": int((time.time() - t0) * 1000)}}
+        out = {"output": {"message": _message(r)}, "stopReason": r.stop_reason,
+               "usage": _usage(r), "metrics": {"latencyMs": int((time.time() - t0) * 1000)}}
+        self._record("Converse", p, _converse_body(p), out, r)
+        return out
 
     def converse_stream(self, p: dict) -> Iterator[bytes]:
         t0 = time.time()
@@ -124,6 +130,9 @@ class Runtime:
             yield eventstream.event("messageStop", {"stopReason": reason})
             yield eventstream.event("metadata", {
                 "usage": _usage(req), "metrics": {"latencyMs": int((time.time() - t0) * 1000)}})
+            self._record("ConverseStream", p, _converse_body(p), {
+                "output": {"message": _message(req)}, "stopReason": reason,
+                "usage": _usage(req)}, req)
         return events()
 
     # -- InvokeModel -------------------------------------------------------------------------
@@ -138,10 +147,15 @@ class Runtime:
 
     def invoke(self, p: dict) -> bytes:
         if invoke_bodies.provider(p["modelId"]) == "titan-embed":
-            return json.dumps(self._titan_embed(_json_body(p))).encode()
+            out = self._titan_embed(_json_body(p))
+            self._record("InvokeModel", p, _json_body(p), out, embedding=True,
+                         tokens=out["inputTextTokenCount"])
+            return json.dumps(out).encode()
         family, req = self._invoke_request(p)
         r = self._wait(req)
-        return json.dumps(invoke_bodies.response(family, r, p["modelId"])).encode()
+        out = invoke_bodies.response(family, r, p["modelId"])
+        self._record("InvokeModel", p, _json_body(p), out, r)
+        return json.dumps(out).encode()
 
     def _titan_embed(self, body: dict) -> dict:
         """Titan embeddings' body, answered by the embedding model afinar serves (MiniLM)."""
@@ -168,13 +182,17 @@ class Runtime:
             return eventstream.event("chunk", {"bytes": base64.b64encode(
                 json.dumps(d).encode()).decode()})
 
+        def logged() -> None:
+            self._record("InvokeModelWithResponseStream", p, _json_body(p),
+                         invoke_bodies.response(family, req, p["modelId"]), req)
+
         def events():
             try:
                 if family != "afinar":
                     for d in invoke_bodies.stream(family, req, p["modelId"],
                                                   REQUEST_TIMEOUT_S):
                         yield chunk(d)
-                    return
+                    return logged()
                 for piece in req.stream(timeout=REQUEST_TIMEOUT_S):
                     yield chunk({"output": piece})
             except Exception as e:
@@ -182,6 +200,7 @@ class Runtime:
                 return
             yield chunk({"stop_reason": req.stop_reason, "usage": {
                 "input_tokens": req.input_tokens, "output_tokens": req.output_tokens}})
+            logged()
         return events()
 
     @staticmethod
@@ -226,6 +245,19 @@ class _Blocks:
         if not self.text_open and not self.calls:  # an empty answer is one empty text block
             self.text_open = True
         yield from self._end_text()
+
+
+def _message(r: GenRequest) -> dict:
+    """Converse's assistant message for a finished request."""
+    content = ([{"text": r.text}] if r.text or not r.tool_calls else []) + [
+        {"toolUse": {"toolUseId": c["id"], "name": c["name"], "input": c["arguments"]}}
+        for c in r.tool_calls]
+    return {"role": "assistant", "content": content}
+
+
+def _converse_body(p: dict) -> dict:
+    """What a Converse call sent (its invocation-log input body)."""
+    return {k: v for k, v in p.items() if k != "modelId" and v is not None}
 
 
 def _json_body(p: dict) -> dict:

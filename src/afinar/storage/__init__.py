@@ -112,6 +112,34 @@ class Storage:
             raise StorageError(f"{field}: cannot read '{loc.uri}': {e}") from e
         return dest
 
+    def fetch_tree(self, loc: Location, dest_dir: Path, field: str) -> list[Path]:
+        """Local files with the content of every object under a prefix (or of one object)."""
+        if not loc.remote:
+            if loc.local.is_file():
+                return [loc.local]
+            if not loc.local.is_dir():
+                raise StorageError(f"{field}: '{loc.uri}' does not exist (looked for "
+                                   f"{loc.local})")
+            return list(files_under(loc.local))
+        out = []
+        try:
+            pages = self._s3().get_paginator("list_objects_v2").paginate(
+                Bucket=loc.bucket, Prefix=loc.key or "")
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(loc.key or ""):].lstrip("/") or Path(obj["Key"]).name
+                    if any(p in (".", "..") for p in rel.split("/")):
+                        continue
+                    dest = dest_dir / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self._s3().download_file(loc.bucket, obj["Key"], str(dest))
+                    out.append(dest)
+        except Exception as e:  # botocore's errors
+            raise StorageError(f"{field}: cannot read '{loc.uri}': {e}") from e
+        if not out:
+            raise StorageError(f"{field}: nothing under '{loc.uri}'")
+        return out
+
     # -- writing -------------------------------------------------------------------------
     def publish(self, src_dir: Path, loc: Location) -> list[str]:
         """Copy a directory tree to an output prefix; returns the URIs written."""

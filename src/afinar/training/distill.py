@@ -262,3 +262,65 @@ def distil(path: str, out_dir: Path, role: str, teacher_factory: Callable[[], ob
                         + f"); see {rej_f}", hint="check the teacher model, or raise "
                         "max_new_tokens if the answers were cut")
     return res
+
+
+# -- prompts from the server's invocation log -------------------------------------------------
+def prompts_from_logs(files: list[Path], filters: dict | None, use_prompt_response: bool
+                      ) -> tuple[list[dict], Counter]:
+    """Prompt records (data/prompts.py) from invocation-log files
+    (inference/invocation_log.py): Converse, InvokeModel (any body family) and OpenAI chat
+    calls, filtered by requestMetadata; with use_prompt_response each keeps the logged answer.
+    Returns the records and what was left out, by reason."""
+    from afinar.inference.invocation_log import matches, read_logs
+
+    rows, skipped = [], Counter()
+    for f, n, rec in read_logs(files):
+        if not isinstance(rec, dict) or rec.get("schemaType") != "ModelInvocationLog":
+            skipped["not an invocation-log record"] += 1
+            continue
+        if not matches(rec.get("requestMetadata"), filters):
+            skipped["filtered out by requestMetadataFilters"] += 1
+            continue
+        body = (rec.get("input") or {}).get("inputBodyJson")
+        out = (rec.get("output") or {}).get("outputBodyJson")
+        if not isinstance(body, dict):
+            skipped["no text logged (textDataDeliveryEnabled off)"] += 1
+            continue
+        try:
+            row = _log_prompt(rec.get("operation"), rec.get("modelId") or "", body,
+                              out if use_prompt_response else None)
+        except (AfinarError, KeyError, TypeError, ValueError, IndexError):
+            row = None
+        if row is None:
+            skipped["not a text-generation call"] += 1
+            continue
+        rows.append(row | {"invocation": f"{f.name}:{n}"})
+    return rows, skipped
+
+
+def _log_prompt(op: str, model_id: str, body: dict, out: dict | None) -> dict | None:
+    if op in ("Converse", "ConverseStream"):
+        msgs = list(body["messages"]) + ([out["output"]["message"]] if out else [])
+        return {"schemaVersion": "bedrock-conversation-2024", "system": body.get("system") or [],
+                "messages": msgs} | ({"toolConfig": body["toolConfig"]}
+                                     if body.get("toolConfig") else {})
+    if op == "ChatCompletions":
+        msgs = list(body["messages"]) + ([out["choices"][0]["message"]] if out else [])
+        return {"messages": msgs} | ({"tools": body["tools"]} if body.get("tools") else {})
+    if op == "Completions" and isinstance(body.get("prompt"), str):
+        answer = out["choices"][0]["text"] if out else None
+        return {"prompt": body["prompt"]} | ({"completion": answer} if answer else {})
+    if op in ("InvokeModel", "InvokeModelWithResponseStream"):
+        from afinar.inference import bodies
+
+        family = bodies.provider(model_id)
+        if family == "titan-embed":
+            return None
+        kw = bodies.request(family, body)
+        answer = bodies.answer_text(family, out) if out else None
+        if kw.get("messages"):
+            msgs = kw["messages"] + ([{"role": "assistant", "content": answer}]
+                                     if answer else [])
+            return openai_record(msgs, kw.get("tools"))
+        return {"prompt": kw["prompt"]} | ({"completion": answer} if answer else {})
+    return None
