@@ -1,8 +1,8 @@
 """Distillation: a teacher model answers the prompts; the student is fine-tuned on its answers.
 
-The teacher is any model afinar serves (a registry id, a custom model, a local folder, a hub id),
-run through the serving engine's continuous batching, or an external OpenAI-compatible endpoint
-registered in afinar.toml's [teachers] table. Prompts are prompt records (data/prompts.py).
+The teacher (inference/teachers.py) is any model afinar serves, run through the serving
+engine's continuous batching, or an external OpenAI-compatible endpoint registered in
+afinar.toml's [teachers] table. Prompts are prompt records (data/prompts.py).
 
 The answers are written as they arrive, a window of prompts at a time, to
 <run>/distillation/<role>_responses.jsonl: OpenAI chat records (the dataset the student trains
@@ -20,29 +20,19 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from afinar.config import Settings
-from afinar.data.prompts import FORMS, PromptRecord, openai_record, read_prompts
-from afinar.errors import AfinarError, ConfigError, DataError
+from afinar.data.prompts import FORMS, openai_record, read_prompts
+from afinar.errors import AfinarError, DataError
 from afinar.progress import ProgressCallback, ProgressEvent
 
 WINDOW = 64  # prompts handed to the teacher together (the engine batches them continuously)
-CALL_TIMEOUT_S = 3600
 
 
 class Stopped(AfinarError):
     """The run was asked to stop while the teacher was answering; its answers so far are kept."""
     exit_code = 130
-
-
-@dataclass
-class Answer:
-    message: dict | None = None  # canonical assistant message
-    problem: str | None = None  # why it is not used (cut, empty, the call's error)
-    tokens: int = 0
 
 
 @dataclass
@@ -62,122 +52,6 @@ class Distilled:
         if self.rejected:
             s += "; left out: " + ", ".join(f"{n} {why}" for why, n in self.rejected.items())
         return s + f"; kept in {self.path}"
-
-
-# -- teachers -------------------------------------------------------------------------------
-class LocalTeacher:
-    """A model afinar serves, through the serving engine (continuous batching)."""
-
-    def __init__(self, model_id: str, settings: Settings, max_tokens: int):
-        from afinar.inference.engine import Engine
-
-        self.model, self.max_tokens = model_id, max_tokens
-        self.engine = Engine(settings, max_output_tokens=max(max_tokens, 1024),
-                             max_prompt_tokens=32768)
-        try:
-            self.engine.resolve(model_id)  # a missing teacher fails before any prompt is sent
-        except BaseException:
-            self.engine.close()
-            raise
-
-    def answer(self, prompts: list[PromptRecord]) -> list[Answer]:
-        from afinar.inference.requests import GenRequest
-
-        subs = []
-        for p in prompts:
-            try:
-                subs.append(self.engine.submit(GenRequest(
-                    model=self.model, messages=p.messages, tools=p.tools,
-                    max_tokens=self.max_tokens, temperature=0.0)))
-            except AfinarError as e:
-                subs.append(e)
-        out = []
-        for r in subs:
-            if isinstance(r, AfinarError):
-                out.append(Answer(problem=f"teacher call failed: {r}"))
-                continue
-            try:
-                r.result(timeout=CALL_TIMEOUT_S)
-            except (AfinarError, TimeoutError) as e:
-                out.append(Answer(problem=f"teacher call failed: {e}"))
-                continue
-            msg = {"role": "assistant", "content": r.text or None}
-            if r.tool_calls:
-                msg["tool_calls"] = r.tool_calls
-            out.append(_checked(msg, r.stop_reason == "max_tokens", r.output_tokens))
-        return out
-
-    def close(self) -> None:
-        self.engine.close()
-
-
-class EndpointTeacher:
-    """An external OpenAI-compatible chat endpoint ([teachers.<name>] in afinar.toml)."""
-
-    def __init__(self, name: str, spec, max_tokens: int):
-        import os
-
-        self.name, self.spec, self.max_tokens = name, spec, max_tokens
-        self.key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
-        if spec.api_key_env and not self.key:
-            raise ConfigError(f"teacher '{name}': environment variable {spec.api_key_env} "
-                              f"(api_key_env) is not set")
-
-    def _call(self, p: PromptRecord) -> Answer:
-        import urllib.error
-        import urllib.request
-
-        body = {"model": self.spec.model, "max_tokens": self.max_tokens, "temperature": 0,
-                **openai_record(p.messages, p.tools)}
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        url = self.spec.base_url.rstrip("/") + "/chat/completions"
-        req = urllib.request.Request(url, json.dumps(body).encode(), headers)
-        try:
-            with urllib.request.urlopen(req, timeout=self.spec.timeout_s) as r:
-                got = json.loads(r.read())
-            choice = got["choices"][0]
-            m = choice["message"]
-        except urllib.error.HTTPError as e:
-            return Answer(problem=f"teacher call failed: HTTP {e.code} "
-                          f"{e.read()[:300].decode('utf-8', 'replace')}")
-        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError,
-                TypeError) as e:
-            return Answer(problem=f"teacher call failed: {type(e).__name__}: {e}")
-        msg = {"role": "assistant", "content": m.get("content")}
-        if m.get("tool_calls"):
-            try:
-                msg["tool_calls"] = [{"id": c.get("id") or f"call_{i}",
-                                      "name": c["function"]["name"],
-                                      "arguments": json.loads(c["function"]["arguments"])}
-                                     for i, c in enumerate(m["tool_calls"])]
-            except (KeyError, TypeError, ValueError) as e:
-                return Answer(problem=f"teacher returned a malformed tool call: {e}")
-        return _checked(msg, choice.get("finish_reason") == "length",
-                        (got.get("usage") or {}).get("completion_tokens", 0))
-
-    def answer(self, prompts: list[PromptRecord]) -> list[Answer]:
-        with ThreadPoolExecutor(self.spec.concurrency) as pool:
-            return list(pool.map(self._call, prompts))
-
-    def close(self) -> None:
-        pass
-
-
-def _checked(msg: dict, cut: bool, tokens: int) -> Answer:
-    if cut:
-        return Answer(problem="cut at max_new_tokens", tokens=tokens)
-    if not (msg.get("content") or "").strip() and not msg.get("tool_calls"):
-        return Answer(problem="empty", tokens=tokens)
-    return Answer(msg, tokens=tokens)
-
-
-def make_teacher(teacher: str, settings: Settings, max_tokens: int):
-    """An endpoint registered under that name in [teachers], else a model afinar loads."""
-    if teacher in settings.teachers:
-        return EndpointTeacher(teacher, settings.teachers[teacher], max_tokens)
-    return LocalTeacher(teacher, settings, max_tokens)
 
 
 # -- the dataset ----------------------------------------------------------------------------

@@ -406,7 +406,8 @@ class Trainer:
     def _distilled(self, path: str, role: str) -> str:
         """type distill: the teacher's answers to the prompts of `path` (training/distill.py),
         asked for by the main process, kept in <run>/distillation."""
-        from afinar.training.distill import distil, make_teacher
+        from afinar.inference.teachers import make_teacher
+        from afinar.training.distill import distil
 
         cfg, out = self.cfg, self.out / "distillation"
         if self.accel.is_main_process:
