@@ -112,3 +112,49 @@ def test_bad_distillation_inputs_fail_before_the_teacher_runs(tmp_path, tiny_mod
     with pytest.raises(Exception, match="no-such-teacher"):
         train(_cfg(tmp_path, tiny_model_dir, tmp_path / "no-such-teacher", _prompts(4),
                    output_dir=str(tmp_path / "run2")), settings)
+
+
+def test_synthesize_writes_new_checked_examples(tmp_path, tiny_model_dir, capsys):
+    """`afinar data synthesize`: the teacher's answers are constrained to the seeds' fields,
+    every kept example passes the data check, none repeats a seed or another, and a second
+    run continues the file. (A random tiny teacher writes nonsense that fits the schema: the
+    test is of the pipeline, not of a teacher's quality.)"""
+    from afinar.cli.main import main
+    from afinar.data.check import check_file
+
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", mapping_rows(3))
+    out = tmp_path / "synth.jsonl"
+    argv = ["data", "synthesize", str(seeds), "--teacher", str(tiny_model_dir), "--out",
+            str(out), "--per-call", "3", "--json"]
+    assert main(argv + ["--n", "9"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["kept"] == 9 and res["calls"] >= 3, res
+    first = out.read_text().splitlines()
+    assert main(argv + ["--n", "12"]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 12 and lines[:9] == first
+    rows = [json.loads(x) for x in lines]
+    assert all(set(r) == {"prompt", "completion"} for r in rows)
+    keys = {json.dumps(r, sort_keys=True).lower() for r in rows + mapping_rows(3)}
+    assert len(keys) == 15  # no duplicates, no seed copied
+    assert check_file(out).ok
+
+
+def test_synthesize_stops_when_the_teacher_repeats_itself(tmp_path, tiny_model_dir, settings):
+    """Greedy answers to the few distinct prompts 3 seeds make repeat: duplicates are left out
+    and the calls stop at their cap, short of N. Bad seeds fail before the teacher loads."""
+    from pathlib import Path
+
+    from afinar.inference.teachers import make_teacher
+    from afinar.training.synthesize import synthesize
+
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", mapping_rows(3))
+    res = synthesize(str(seeds), tmp_path / "s.jsonl", 24, lambda schema: make_teacher(
+        str(tiny_model_dir), settings, 256, temperature=0.0, json_schema=schema),
+        lambda ev: None, lambda: False, per_call=3)
+    assert res.kept < 24 and res.left_out["duplicate"] > 0 and res.calls == 32, res
+    bad = write_jsonl(tmp_path / "bad.jsonl", mapping_rows(2) + [{"prompt": "x"}])
+    with pytest.raises(DataError) as e:
+        synthesize(str(bad), tmp_path / "b.jsonl", 5, lambda s: Path("/nonexistent") / "x",
+                   lambda ev: None, lambda: False)
+    assert any(i.line == 3 and i.field == "completion" for i in e.value.issues)

@@ -31,7 +31,7 @@ def _quiet_libraries() -> None:
 
 # -- data ---------------------------------------------------------------------------------------
 def add_data(sub) -> None:
-    p = sub.add_parser("data", help="check, clean and split data files")
+    p = sub.add_parser("data", help="check, clean, split and synthesize data files")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     c = dsub.add_parser("check", help="report problems and statistics before any compute")
     c.add_argument("file")
@@ -64,6 +64,27 @@ def add_data(sub) -> None:
     c.add_argument("--seed", type=int_in(0), default=42)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_data_clean)
+    y = dsub.add_parser("synthesize", help="a teacher model writes N new examples like a few "
+                        "seed examples (same schema), deduplicated and checked")
+    y.add_argument("seeds", help="seed examples (JSONL/JSON/CSV/Parquet; 5-20 varied ones)")
+    y.add_argument("--teacher", required=True, help="the model that writes them: a registry "
+                   "id, custom model, local folder, hub id, or an endpoint in afinar.toml "
+                   "[teachers]")
+    y.add_argument("--n", type=int_in(1, 1_000_000), required=True,
+                   help="how many new examples to write")
+    y.add_argument("--out", required=True, help="JSONL file to write (an existing one is "
+                   "continued)")
+    y.add_argument("--per-call", type=int_in(1, 50), default=5,
+                   help="examples asked for per teacher call (default 5)")
+    y.add_argument("--shots", type=int_in(1, 50), default=3,
+                   help="seed examples shown per call, drawn at random (default 3)")
+    y.add_argument("--instructions", help="what to vary or keep, in words (added to each call)")
+    y.add_argument("--temperature", type=float_in(0, 2), default=0.9)
+    y.add_argument("--max-new-tokens", type=int_in(16, 32768), default=2048,
+                   help="the longest teacher answer (default 2048)")
+    y.add_argument("--seed", type=int_in(0), default=42)
+    y.add_argument("--json", action="store_true")
+    y.set_defaults(func=cmd_data_synthesize)
 
 
 def cmd_data_check(args) -> int:
@@ -105,6 +126,34 @@ def cmd_data_clean(args) -> int:
     else:
         out(format_summary(s))
     return 0
+
+
+def cmd_data_synthesize(args) -> int:
+    from afinar.inference.teachers import make_teacher
+    from afinar.training.synthesize import synthesize
+
+    _quiet_libraries()
+    settings = _settings(args)
+    bar = TqdmProgress(disable=args.quiet or args.json)
+    try:
+        res = synthesize(args.seeds, Path(args.out), args.n, lambda schema: make_teacher(
+            args.teacher, settings, args.max_new_tokens, temperature=args.temperature,
+            json_schema=schema, seed=args.seed), bar, lambda: False, per_call=args.per_call,
+            shots=args.shots, instructions=args.instructions, seed=args.seed)
+    finally:
+        bar.close()
+    if args.json:
+        dump_json(res.to_dict())
+    else:
+        out(f"{res.kept} of {res.wanted} examples in {res.path} ({res.calls} teacher calls, "
+            f"{res.proposed} proposed, {res.seconds:.0f} s)")
+        if res.left_out:
+            out("  left out: " + ", ".join(f"{n} {w}" for w, n in res.left_out.items()))
+        if res.kept < res.wanted:
+            err(f"warning: {res.wanted - res.kept} short: the teacher repeated itself or "
+                f"wrote invalid records; try more varied seeds, --instructions, or a higher "
+                f"--temperature")
+    return 0 if res.kept >= res.wanted else 1
 
 
 def cmd_data_split(args) -> int:
