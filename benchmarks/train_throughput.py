@@ -8,7 +8,8 @@ peak RSS, and MFU against this CPU's matmul peaks measured in the same run.
     .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--examples 160]
 
 Also compares afinar's three batchings: length-grouped, packed (one row per batch, per-example
-attention) and randomly ordered padded batches. `--only afinar,afinar_packed` runs a subset.
+attention) and randomly ordered padded batches, and QLoRA (the base in 4-bit NF4,
+bitsandbytes). `--only afinar,afinar_qlora_4bit` runs a subset.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def worker_afinar(args) -> dict:
         "train_data": args.data, "output_dir": tempfile.mkdtemp() + "/run", "batch_size": 8,
         "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "max_steps": args.steps + 1,
         "checkpoint_every": 0, "grouping": args.grouping, "merge": False, "threads": 2,
-        "lora_layers": args.lora_layers, "precision": "auto"})
+        "lora_layers": args.lora_layers, "precision": "auto", "quantize": args.quantize})
     tr = Trainer(cfg, load_settings()).prepare()
     times, toks = [], []
 
@@ -171,6 +172,7 @@ def main() -> None:
     ap.add_argument("--grouping", default="length")
     ap.add_argument("--only", default="", help="comma-separated subset of the runs")
     ap.add_argument("--lora-layers", type=int, default=None)
+    ap.add_argument("--quantize", default="none", help="afinar: 4bit for QLoRA")
     ap.add_argument("--trl-checkpointing", action="store_true",
                     help="TRL's default (activation checkpointing: less memory, slower)")
     args = ap.parse_args()
@@ -199,6 +201,7 @@ def main() -> None:
         "afinar_packed": ("afinar", ["--grouping", "packed"]),
         "afinar_random_batches": ("afinar", ["--grouping", "random"]),
         "afinar_top15_layers": ("afinar", ["--lora-layers", "15"]),
+        "afinar_qlora_4bit": ("afinar", ["--quantize", "4bit"]),
     }
     only = [k for k in args.only.split(",") if k]
     if unknown := set(only) - set(plan):

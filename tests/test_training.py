@@ -395,3 +395,27 @@ def test_auto_choices_are_printed_and_recorded(tmp_path, tiny_model_dir, setting
     assert record["hyperparameters"]["learning_rate"] == auto["learning_rate"]["value"]
     assert main(["train", "--train-data", str(data), "--epochs", "many"]) != 0
     assert 'epochs (epochCount)\': must be an integer or "auto"' in capsys.readouterr().err
+
+
+def test_qlora_trains_adapters_on_a_4bit_base(tmp_path, tiny_model_dir, settings, monkeypatch):
+    """--quantize 4bit: the frozen base is NF4 (bitsandbytes' Linear4bit, on the CPU here), only
+    the LoRA adapters train, the loss falls, and the merged export is a plain full-precision
+    model. Without bitsandbytes the run fails before reading data, saying what to install."""
+    import sys
+
+    import bitsandbytes as bnb
+
+    cfg = _cfg(tmp_path, tiny_model_dir, epochs=3, learning_rate=5e-2, quantize="4bit",
+               precision="fp32")
+    tr = Trainer(cfg, settings).prepare()
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in tr.model.modules())
+    res = tr.fit()
+    assert res.status == "completed" and res.train_loss < res.first_loss - 0.3, res
+    from transformers import AutoModelForCausalLM
+    merged = AutoModelForCausalLM.from_pretrained(str(res.model_dir))
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
+    with pytest.raises(ConfigError, match="set method=lora"):
+        _cfg(tmp_path, tiny_model_dir, quantize="4bit", method="full")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(TrainingError, match="needs bitsandbytes"):
+        Trainer(_cfg(tmp_path / "b", tiny_model_dir, quantize="4bit"), settings).prepare()

@@ -133,6 +133,10 @@ class TrainConfig(BaseModel):
         "Custom model name (default: derived from data): 1-63 letters, digits, '.', '_' or "
         "'-', starting with a letter or digit (it names a folder; no '/' or '..')."))
     method: Literal["lora", "full"] = Field("lora", description="LoRA adapter or full weights.")
+    quantize: Literal["none", "4bit"] = Field(
+        "none", description="4bit: QLoRA — the frozen base loaded in 4-bit NF4 (bitsandbytes, "
+        "double quantization), LoRA adapters on top; needs method=lora and bitsandbytes "
+        "(pip install 'afinar[qlora]'; CUDA, or a CPU with bitsandbytes >= 0.46).")
     epochs: Epochs = Field(
         "auto", description="Passes over the training data (1-10); auto: enough "
         "for at least 90 optimizer steps, at most 5 (1 for cpt).",
@@ -246,6 +250,11 @@ class TrainConfig(BaseModel):
         if self.type == "rft" and self.kl_coef and self.method != "lora":
             raise ValueError("kl_coef needs method=lora (the reference is the model with its "
                              "adapter disabled)")
+        if self.quantize != "none" and self.method != "lora":
+            raise ValueError("quantize=4bit (QLoRA) trains LoRA adapters on a frozen 4-bit "
+                             "base: set method=lora")
+        if self.quantize != "none" and (self.type == "classify" or self.fsdp):
+            raise ValueError("quantize=4bit is not available for type=classify or with fsdp")
         if self.type == "dpo" and self.grouping == "packed":
             raise ValueError("grouping=packed is not available for type=dpo (each pair's two "
                              "answers are scored separately): use length or random")
@@ -265,7 +274,7 @@ class TrainConfig(BaseModel):
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the original."""
-        keys = ("type", "scratch_size", "tokenizer", "vocab_size", "train_data", "base_model", "method", "epochs", "batch_size", "grad_accum",
+        keys = ("type", "scratch_size", "tokenizer", "vocab_size", "train_data", "base_model", "method", "quantize", "epochs", "batch_size", "grad_accum",
                 "lora_r", "lora_alpha", "lora_targets", "lora_layers", "seed", "max_length", "grouping",
                 "max_steps")
         d = {k: getattr(self, k) for k in keys}

@@ -131,6 +131,8 @@ def build_model(cfg: TrainConfig, resolved: ResolvedModel, dtype: torch.dtype, d
     if cfg.type == "classify":
         from afinar.training.classify import load_classifier
         model = load_classifier(resolved.path, labels, base_dtype, device, pad_token_id)
+    elif cfg.quantize == "4bit":
+        model = _load_4bit(resolved, dtype, device)
     else:
         model = load_causal_lm(resolved.path, base_dtype, device)
     if resolved.adapter_path and resolved.kind == "adapter":
@@ -160,6 +162,49 @@ def build_model(cfg: TrainConfig, resolved: ResolvedModel, dtype: torch.dtype, d
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     return model
+
+
+def check_quantize(cfg: TrainConfig, device: str) -> None:
+    """quantize=4bit needs bitsandbytes with a backend for this device: checked before any
+    data is read or model loaded."""
+    if cfg.quantize == "none":
+        return
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise TrainingError("--quantize 4bit (QLoRA) needs bitsandbytes, which is not "
+                            "installed", hint="pip install 'afinar[qlora]' (or "
+                            "bitsandbytes>=0.46), or train without --quantize") from None
+    from packaging.version import Version
+
+    if device not in ("cuda", "cpu"):
+        raise TrainingError(f"--quantize 4bit runs on CUDA or the CPU; this run is on {device}",
+                            hint="train without --quantize")
+    if device == "cpu" and Version(bitsandbytes.__version__) < Version("0.46"):
+        raise TrainingError(f"bitsandbytes {bitsandbytes.__version__} has no CPU backend for "
+                            f"4-bit weights", hint="pip install 'bitsandbytes>=0.46', or "
+                            "train without --quantize on this machine")
+
+
+def _load_4bit(resolved: ResolvedModel, dtype: torch.dtype, device: str):
+    """The base in 4-bit NF4 with double quantization, computing in `dtype` (QLoRA's recipe),
+    prepared for training adapters on it (peft's prepare_model_for_kbit_training: norms in
+    fp32, input gradients on)."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if resolved.kind == "adapter":
+        raise TrainingError("--quantize 4bit needs a base with full weights, not a LoRA "
+                            "custom model saved without its merged model",
+                            hint="export it merged (afinar export) and train on that folder")
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, quantization_config=q,
+                                                     dtype=dtype, device_map={"": device})
+    except OSError as e:
+        raise TrainingError(f"cannot load model from '{resolved.path}' in 4-bit: {e}") from e
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def _no_split_modules(model) -> list[str]:
@@ -287,6 +332,7 @@ class Trainer:
 
     def prepare(self, resume: bool = False):
         cfg = self.cfg
+        check_quantize(cfg, self.device)
         self.resume_from = self._check_output_dir(resume)
         self.resolved = self._scratch_model() if cfg.scratch_size else resolve_model(
             cfg.base_model, self.settings, self.progress)
