@@ -15,7 +15,7 @@ them, through the CLI:
     .venv/bin/python benchmarks/methods_stripe.py dpo|rft|distill [--sft-examples 40] [--pairs 400]
         [--test 100] [--rejected corrupt|model|both] [--set KEY=VALUE ...] [--out DIR]
 
-Prints the CPU, each stage's wall time and a table; results also go to <out>/results.json.
+Prints the CPU, each stage's wall time and a table; results also go to <out>/results-<method>-<time>.json.
 """
 
 from __future__ import annotations
@@ -154,12 +154,13 @@ def run_rft(a, out: Path, extra: list[str]) -> dict:
     t = time.time()
     tr = _afinar(["train", "--type", "rft", "--grader", a.grader, "--train-data",
                   str(out / "prompts.jsonl"), "--base-model", sft_name, "--name",
-                  f"m-rft-{stamp}", "--output-dir", str(out / "rft"), *extra], home)
+                  f"m-rft-{stamp}", "--output-dir", str(out / f"rft-{stamp}"), *extra], home)
     times["rft_train"] = time.time() - t
     ev = _afinar(["eval", "--model", f"m-rft-{stamp}", "--data", str(out / "test.jsonl")],
                  home)
     em_rft = ev["models"][0]["metrics"]["exact_match"]
-    log = [json.loads(x) for x in (out / "rft" / "training_artifacts" / "training_log.jsonl")
+    log = [json.loads(x) for x in (out / f"rft-{stamp}" / "training_artifacts" /
+                                   "training_log.jsonl")
            .read_text().splitlines()]
     rewards = [r["mean_reward"] for r in log if r["kind"] == "train"]
     k = max(1, len(rewards) // 5)
@@ -233,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {cpu_features()}; {os.cpu_count()} cores; base {a.base_model}; "
           f"{a.method}; settings: {' '.join(a.set) or 'defaults'}", flush=True)
     res = {"dpo": run_dpo, "rft": run_rft, "distill": run_distill}[a.method](a, out, extra)
-    (out / "results.json").write_text(json.dumps(res, indent=2))
-    print(f"results: {out / 'results.json'}")
+    name = f"results-{a.method}-{int(time.time())}.json"
+    (out / name).write_text(json.dumps(res, indent=2))
+    print(f"results: {out / name}")
     return 0
 
 

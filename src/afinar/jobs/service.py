@@ -132,6 +132,8 @@ class JobService:
         self.invocations = InvocationJobs(self)
         self.evaluations = EvaluationJobs(self)
         self.invocation_log = InvocationLog(settings)  # off until configured
+        from afinar.jobs.openai_ft import FineTuning
+        self.fine_tuning = FineTuning(self)  # OpenAI's fine-tuning API over these jobs
 
     # -- model identifiers ---------------------------------------------------------------
     def resolve_base(self, identifier: str) -> tuple[str, str, str, str]:
@@ -174,7 +176,11 @@ class JobService:
                                                   short_id(rec["name"]))
 
     # -- CreateModelCustomizationJob -----------------------------------------------------
-    def create_job(self, req: dict) -> dict:
+    def create_job(self, req: dict, internal: dict | None = None,
+                   job_id: str | None = None) -> dict:
+        """`internal`: training settings set by afinar's own callers (the OpenAI fine-tuning
+        API: type, grader, ...), kept in the request as `_internal` for the worker; never
+        from a Bedrock request (botocore's parser drops unknown fields)."""
         token = req.get("clientRequestToken")
         if (done := self.by_token(CUSTOMIZATION, token, req)) is not None:
             return done
@@ -222,8 +228,10 @@ class JobService:
         except StorageError as e:
             raise InvalidRequest(str(e)) from None
         self._check_hyperparameters(req.get("hyperParameters") or {}, ctype,
-                                    rft_settings(req, self.settings) if ctype == RFT else
-                                    distillation_settings(req, teacher) if teacher else None)
+                                    internal or (rft_settings(req, self.settings)
+                                                 if ctype == RFT else
+                                                 distillation_settings(req, teacher)
+                                                 if teacher else None))
         target, base_id, base_arn, _ = self.resolve_base(req["baseModelIdentifier"])
         name, model_name = req["jobName"], req["customModelName"]
         if not valid_name(model_name):
@@ -239,7 +247,9 @@ class JobService:
             raise Conflict(f"job '{busy.name}' is already creating custom "
                            f"model '{model_name}'")
         self.check_quota()
-        job_id = short_id()
+        job_id = job_id or short_id()
+        if internal:
+            req = req | {"_internal": internal}
         now = db.now()
         details = {p: {"status": "NotStarted", "creationTime": now.isoformat(),
                        "lastModifiedTime": now.isoformat()} for p in PHASES}
@@ -532,7 +542,7 @@ class JobService:
     def serving_models(self) -> list[str]:
         """What /v1/models lists: generative base models, aliases, custom models."""
         base = [rid for rid, e in BUILTIN_MODELS.items() if e.kind == "causal-lm"]
-        custom = [m["name"] for m in list_custom_models(self.settings)
+        custom = [m.get("openai_model") or m["name"] for m in list_custom_models(self.settings)
                   if m.get("type", "sft") != "classify"]
         return base + sorted(self.settings.model_aliases) + custom
 

@@ -110,7 +110,9 @@ def run(job_id: str, settings: Settings) -> int:
         cpt = row.customization_type == "CONTINUED_PRE_TRAINING"
         values = {"checkpoint_every": 20}
         values.update(request_hyperparameters(req.get("hyperParameters") or {}))
-        if row.customization_type == RFT:
+        if req.get("_internal"):  # set by afinar's own callers (the OpenAI API)
+            values.update(req["_internal"])
+        elif row.customization_type == RFT:
             values.update(rft_settings(req, settings))
         elif row.customization_type == DISTILLATION:
             ident = req["customizationConfig"]["distillationConfig"]["teacherModelConfig"][
@@ -215,6 +217,9 @@ def run(job_id: str, settings: Settings) -> int:
                             "trainingDataConfig": req["trainingDataConfig"],
                             "validationDataConfig": req.get("validationDataConfig"),
                             "outputDataConfig": req["outputDataConfig"]})
+        if req.get("_openai"):  # the OpenAI API's ft: names, and its checkpoint models
+            rec["openai_model"] = req["_openai"]["fine_tuned_model"]
+            _checkpoint_models(settings, jobdir, rec)
         register_custom_model(settings, rec)
         set_fields(engine, job_id, output_model_arn=model_arn, training_metrics=metrics,
                    validation_metrics=vmetrics)
@@ -264,6 +269,23 @@ def _prompts_from_logs(engine, job_id: str, storage: Storage, logs: dict, jobdir
     path = jobdir / "inputs" / "invocation_prompts.jsonl"
     write_jsonl(path, rows)
     return path
+
+
+def _checkpoint_models(settings: Settings, jobdir: Path, rec: dict) -> None:
+    """Each kept checkpoint of a LoRA run as a custom model of its own (an adapter on the same
+    base), named <model>-step-<N> and, for the OpenAI API, <ft name>:ckpt-step-<N>."""
+    from afinar.models.registry import register_custom_model
+    from afinar.training.export import export_checkpoint
+
+    for ck in sorted((jobdir / "run" / "checkpoints").glob("step-*")):
+        step = int(ck.name.split("-")[1])
+        target = jobdir / "checkpoint-models" / ck.name
+        if not export_checkpoint(jobdir / "run", ck, target):
+            return  # full fine-tuning: checkpoints are not exported as models
+        register_custom_model(settings, rec | {
+            "name": f"{rec['name']}-step-{step}", "model_dir": str(target),
+            "arn": f"{rec['arn']}-step-{step}", "checkpoint_of": rec["name"], "step": step,
+            "openai_model": f"{rec['openai_model']}:ckpt-step-{step}"})
 
 
 def _validate_data(engine, job_id: str, path: Path, role: str, kind: str) -> None:

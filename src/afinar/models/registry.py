@@ -111,7 +111,22 @@ def valid_name(name: object) -> bool:
     return isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) is not None
 
 
+def openai_record_name(ident: str) -> str | None:
+    """An OpenAI fine-tuned model id, ft:<base>:<org>:<suffix>:<job id>[:ckpt-step-<N>]
+    (jobs/openai_ft.py), -> the name of its custom model: ft-<job id>[-step-<N>]."""
+    parts = ident.split(":")
+    if parts[0] != "ft" or len(parts) < 5:
+        return None
+    if parts[-1].startswith("ckpt-step-") and len(parts) >= 6:
+        return f"ft-{parts[-2]}-step-{parts[-1][len('ckpt-step-'):]}"
+    return f"ft-{parts[-1]}"
+
+
 def custom_model_record(settings: Settings, name: str) -> dict | None:
+    """A custom model's record by name (or by its OpenAI ft: id), or None."""
+    if isinstance(name, str) and name.startswith("ft:"):
+        rec = custom_model_record(settings, openai_record_name(name) or "")
+        return rec if rec is not None and rec.get("openai_model") == name else None
     if not valid_name(name):  # never a path: "../x" names no record
         return None
     p = settings.custom_models_dir / f"{name}.json"
@@ -197,6 +212,8 @@ def check_served(identifier: object, settings: Settings) -> str:
     if ident in settings.model_aliases or ident in BUILTIN_MODELS:
         return ident
     if valid_name(ident) and (settings.custom_models_dir / f"{ident}.json").is_file():
+        return ident
+    if ident.startswith("ft:") and custom_model_record(settings, ident) is not None:
         return ident
     if (path := path_under_roots(ident, settings)) is not None:
         return path

@@ -24,6 +24,7 @@ from afinar.jobs.service import JobService
 from afinar.serve import afinar_api, auth, console, evaluations, eventstream, gate
 from afinar.serve import catalog as catalog_routes
 from afinar.serve import openai as openai_routes
+from afinar.serve import openai_ft as openai_ft_routes
 from afinar.serve.awsproto import ApiError, Router, error_body, parse_request, serialize_output
 from afinar.serve.awsproto import service_model as load_service_model
 from afinar.serve.errors import aws_error
@@ -154,6 +155,7 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     app.state.knowledge = knowledge
     app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder,
                                             settings.model_aliases, service.invocation_log))
+    app.include_router(openai_ft_routes.router(service.fine_tuning))
     app.include_router(evaluations.router(service))
     app.include_router(catalog_routes.router(settings, service, knowledge))
     app.include_router(afinar_api.router(settings, service))

@@ -125,6 +125,11 @@ def resolve(cfg: TrainConfig, stats: DataStats, params: int | None
             lr = float(f"{lr:.2g}")
             pick("learning_rate", lr, f"LoRA on a {params / 1e6:,.0f}M-parameter model: "
                  f"{LORA_LR_SMALL:g} x sqrt(135M / parameters), at most {LORA_LR_SMALL:g}")
+    if "learning_rate" in chosen and cfg.learning_rate_multiplier != 1:
+        m = cfg.learning_rate_multiplier
+        c = chosen["learning_rate"]
+        pick("learning_rate", float(f"{c['value'] * m:.3g}"),
+             f"{c['reason']}; x {m:g} (learning_rate_multiplier)")
     if cfg.method != "lora":
         auto -= {"lora_r", "lora_alpha", "lora_layers"}
     if "lora_r" in auto:

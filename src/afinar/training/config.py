@@ -149,6 +149,9 @@ class TrainConfig(BaseModel):
         "auto", description="Peak learning rate (0-1]; auto: for LoRA 1e-3 x "
         "sqrt(135M / the model's parameters), at most 1e-3; 2e-5 for full.",
         validation_alias=AliasChoices("learning_rate", "learningRate"))
+    learning_rate_multiplier: float = Field(
+        1.0, gt=0, le=100, description="With learning_rate auto: scale the chosen rate "
+        "(OpenAI's learning_rate_multiplier).")
     warmup_steps: int = Field(5, ge=0, le=250, description="Linear warm-up steps (0-250).",
                               validation_alias=AliasChoices("warmup_steps",
                                                             "learningRateWarmupSteps"))
@@ -250,6 +253,9 @@ class TrainConfig(BaseModel):
         if self.type == "rft" and self.kl_coef and self.method != "lora":
             raise ValueError("kl_coef needs method=lora (the reference is the model with its "
                              "adapter disabled)")
+        if self.learning_rate_multiplier != 1 and self.learning_rate != "auto":
+            raise ValueError("learning_rate_multiplier scales the auto learning rate: leave "
+                             "learning_rate auto, or set the rate itself")
         if self.quantize != "none" and self.method != "lora":
             raise ValueError("quantize=4bit (QLoRA) trains LoRA adapters on a frozen 4-bit "
                              "base: set method=lora")

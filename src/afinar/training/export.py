@@ -123,3 +123,25 @@ def model_card(r: dict) -> str:
               f"model = AutoModelForCausalLM.from_pretrained('{r['artifacts']['merged'] or ''}')",
               "```", ""]
     return "\n".join(lines)
+
+
+def export_checkpoint(run: Path, ckpt: Path, target: Path) -> bool:
+    """A LoRA run's checkpoint as a PEFT adapter folder (target/adapter: the run's adapter
+    config and tokenizer, the checkpoint's weights under PEFT's saved names). False for a run
+    without an adapter (full fine-tuning)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    adapter = run / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        return False
+    out = target / "adapter"
+    out.mkdir(parents=True, exist_ok=True)
+    for f in adapter.iterdir():
+        if f.is_file() and f.name != "adapter_model.safetensors":
+            shutil.copy2(f, out / f.name)
+    weights = load_file(str(ckpt / "trainable.safetensors"))
+    save_file({k.replace(".default.", "."): v for k, v in weights.items()},
+              str(out / "adapter_model.safetensors"))
+    return True

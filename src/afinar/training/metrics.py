@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
 
 TRAIN_CSV = "training_artifacts/step_wise_training_metrics.csv"
@@ -77,7 +78,7 @@ class MetricsWriter:
 
     def _log(self, rec: dict) -> None:
         with self.log.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps(rec | {"time": round(time.time(), 3)}) + "\n")
 
 
 def read_training_csv(out: Path) -> list[dict]:
