@@ -41,9 +41,11 @@ from pathlib import Path
 import torch
 
 from afinar.config import Settings
+from afinar.errors import ModelNotFoundError
 from afinar.inference import kvbatch
 from afinar.inference.requests import (
     GenRequest,
+    ModelUnavailable,
     Overloaded,
     RequestError,
     adapter_key,
@@ -225,6 +227,12 @@ class Engine:
         if self.closed:
             raise Overloaded("the engine is shutting down")
         check_request(req, self.max_output)
+        if self.confined and req.model in self.routes:  # a model deleted since it was loaded
+            from afinar.models.registry import check_served  # is served no more
+            try:
+                check_served(req.model, self.settings)
+            except ModelNotFoundError as e:
+                raise ModelUnavailable(str(e).replace("\n  hint: ", "; ")) from None
         base, adapter = self.resolve(req.model)
         req.matcher = self._matcher(base, req)
         encode_prompt(req, base.tokenizer, self.max_prompt)

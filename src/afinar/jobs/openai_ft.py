@@ -220,7 +220,9 @@ class FineTuning:
         if row.status == "Failed":
             return "failed"
         if row.status in ("Stopped", "Stopping"):
-            return "paused" if (self._jobdir(row) / PAUSED).exists() else "cancelled"
+            if not (self._jobdir(row) / PAUSED).exists():
+                return "cancelled"
+            return "paused" if row.status == "Stopped" else "running"  # saving its checkpoint
         phases = row.status_details or {}
         if (phases.get("validationDetails") or {}).get("status") == "NotStarted":
             return "queued"
@@ -380,7 +382,8 @@ class FineTuning:
                       key=lambda r: -r["step"])
         out = []
         for r in recs:
-            s, v = steps.get(r["step"], {}), valid.get(r["step"], {})
+            # the log counts training steps from 0; a checkpoint after N steps is step N
+            s, v = steps.get(r["step"] - 1, {}), valid.get(r["step"], {})
             metrics = {"step": r["step"], "train_loss": s.get("loss"),
                        "train_mean_token_accuracy": s.get("token_accuracy"),
                        "valid_loss": v.get("loss"),

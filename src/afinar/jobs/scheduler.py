@@ -140,6 +140,8 @@ class Scheduler:
         running = collections.Counter(self._kind(j) for j in self.running)
         capped = sum(n for k, n in running.items() if k not in UNCAPPED)
         for job_id in self.queue:
+            if job_id in self.running:  # resumed while its last worker is still exiting
+                continue
             kind = self._kind(job_id)
             limit = self.settings.job_limits.get(kind, UNCAPPED.get(kind))
             if kind not in UNCAPPED and capped >= self.settings.max_concurrent_jobs:
@@ -188,6 +190,8 @@ class Scheduler:
             status = job_status(self.engine, job_id)
             if status not in ACTIVE:
                 continue  # the worker recorded its own end
+            if job_id in self.queue:
+                continue  # it ended Stopped and was resumed (queued again) before it exited
             if rc < 0:
                 why = f"the worker process was killed by {signal.Signals(-rc).name}"
             else:

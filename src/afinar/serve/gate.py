@@ -29,6 +29,9 @@ from afinar.config import Settings
 from afinar.serve import auth
 
 UPLOAD_ROUTES = ("/afinar/uploads", "/afinar/data/check")
+# OpenAI's file upload is a multipart form: taken there only (a browser's cross-site form post
+# is still refused by the Origin / Sec-Fetch-Site checks, and by authentication when exposed)
+MULTIPART_ROUTES = ("/v1/files",)
 OPEN_ROUTES = ("/afinar/health", "/console/login", "/console/static/")
 JSON_TYPES = ("application/json", "application/x-amz-json-1.0", "application/x-amz-json-1.1")
 SIMPLE_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "")
@@ -126,14 +129,15 @@ class Gate:
                          f"'{host[:100]}'; add it to allowed_hosts in afinar.toml if it is "
                          f"yours")
         upload = path.startswith(UPLOAD_ROUTES)
+        multipart = method == "POST" and path in MULTIPART_ROUTES
         if method in STATE_CHANGING:
             self._same_site(h)
-            self._content_type(h, upload)
+            self._content_type(h, upload, multipart)
         sigv4 = None
         if self.need_auth and not path.startswith(OPEN_ROUTES):
             sigv4 = self._authenticate(h, upload)
-        limit = (self.settings.max_upload_mb if upload else self.settings.max_request_mb) \
-            * 2**20
+        limit = (self.settings.max_upload_mb if upload or multipart
+                 else self.settings.max_request_mb) * 2**20
         length = h.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             raise Denied(413, "ValidationException", self._too_large(path))
@@ -163,11 +167,16 @@ class Gate:
                              f"origin '{origin[:100]}' is refused: only this server's own "
                              f"pages may send them")
 
-    def _content_type(self, h: dict, upload: bool) -> None:
+    def _content_type(self, h: dict, upload: bool, multipart: bool = False) -> None:
         has_body = h.get("content-length", "0") != "0" or "transfer-encoding" in h
         if not has_body:
             return
         ctype = h.get("content-type", "").split(";")[0].strip().lower()
+        if multipart:
+            if ctype != "multipart/form-data":
+                raise Denied(415, "ValidationException", f"a file upload is a multipart form "
+                             f"(Content-Type: multipart/form-data), got '{ctype or 'none'}'")
+            return
         if not ctype and "origin" not in h and "sec-fetch-site" not in h:
             return  # not a browser (boto3's InvokeModel sends its blob body untyped)
         if upload:
@@ -200,7 +209,7 @@ class Gate:
         raise Denied(401, "AccessDeniedException", auth.MISSING)
 
     def _too_large(self, path: str) -> str:
-        if path.startswith(UPLOAD_ROUTES):
+        if path.startswith(UPLOAD_ROUTES) or path in MULTIPART_ROUTES:
             return (f"the upload is larger than max_upload_mb ({self.settings.max_upload_mb} "
                     f"MB)")
         return (f"the request body is larger than max_request_mb "
