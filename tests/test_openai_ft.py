@@ -10,6 +10,7 @@ import time
 
 import openai
 import pytest
+
 from servers import Server
 
 from conftest import COLORS, THINGS, mapping_rows
@@ -163,3 +164,53 @@ def test_cancel_pause_resume_dpo_and_paging(srv):
     assert [j.id for j in page.data] == [dpo.id, queued.id] and page.has_more
     rest = client.fine_tuning.jobs.list(limit=2, after=queued.id)
     assert [j.id for j in rest.data] == [long.id] and not rest.has_more
+
+
+def test_cookbook_code_runs_with_only_base_url_changed(tmp_path, tiny_model_dir):
+    """OpenAI's fine-tuning cookbook flow, unchanged but for base_url: the model id it names
+    (gpt-4o-mini-2024-07-18) is an alias of a local model in the server's settings. Then a
+    reinforcement job with an OpenAI string_check grader object."""
+    srv = Server(tmp_path / "srv", tiny_model_dir)
+    with (srv.home / "afinar.toml").open("a") as f:
+        f.write(f'"gpt-4o-mini-2024-07-18" = "{tiny_model_dir}"\n')
+    srv.start()
+    try:
+        # --- from the cookbook (How to fine-tune chat models), base_url added -------------
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="sk-unused")
+        (tmp_path / "training.jsonl").write_bytes(_jsonl(_chat_rows(48)))
+        with open(tmp_path / "training.jsonl", "rb") as fd:
+            training_file_id = client.files.create(file=fd, purpose="fine-tune").id
+        response = client.fine_tuning.jobs.create(
+            training_file=training_file_id, model="gpt-4o-mini-2024-07-18",
+            suffix="recipe-ner")
+        job_id = response.id
+        response = _until(client, job_id, lambda j: j.status in ("succeeded", "failed"))
+        response = client.fine_tuning.jobs.list_events(job_id)
+        events = response.data
+        events.reverse()
+        assert events and all(e.message for e in events)
+        response = client.fine_tuning.jobs.retrieve(job_id)
+        fine_tuned_model_id = response.fine_tuned_model
+        assert fine_tuned_model_id.startswith("ft:gpt-4o-mini-2024-07-18:afinar:recipe-ner:")
+        response = client.chat.completions.create(
+            model=fine_tuned_model_id, messages=[{"role": "user", "content": "Colour of sky?"}],
+            temperature=0, max_tokens=8)
+        assert response.choices[0].message.content is not None
+        # --- reinforcement fine-tuning with a grader object -----------------------------------
+        prompts = [{"messages": [{"role": "user", "content": f"Colour of {THINGS[i % 4]}?"}],
+                    "reference_answer": COLORS[i % 4]} for i in range(16)]
+        f = client.files.create(file=("p.jsonl", io.BytesIO(_jsonl(prompts))),
+                                purpose="fine-tune")
+        grader = {"type": "string_check", "name": "colour", "operation": "eq",
+                  "input": "{{sample.output_text}}", "reference": "{{item.reference_answer}}"}
+        job = client.fine_tuning.jobs.create(
+            model="tiny", training_file=f.id, method={"type": "reinforcement", "reinforcement": {
+                "grader": grader, "hyperparameters": {"n_epochs": 1, "batch_size": 8}}})
+        done = _until(client, job.id, lambda j: j.status in ("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert done.method.reinforcement.grader.name == "colour"
+        rewards = [e.data["mean_reward"] for e in client.fine_tuning.jobs.list_events(
+            job.id, limit=100).data if e.type == "metrics"]
+        assert len(rewards) == 2 and all(0 <= r <= 1 for r in rewards)
+    finally:
+        srv.kill(signal.SIGTERM)
