@@ -65,11 +65,8 @@ def router(ft) -> APIRouter:
     @r.get("/files")
     async def list_files(purpose: str | None = None, after: str | None = None,
                          limit: str | None = None, order: str = "desc"):
-        try:
-            n = _int(limit, "limit", 10000)
-        except AfinarError as e:
-            return _fail(e)
-        return await _call(files.list, purpose, after, n, order)
+        return await _call(lambda: files.list(purpose, after, _int(limit, "limit", 10000),
+                                              order))
 
     @r.get("/files/{file_id}")
     async def get_file(file_id: str):
@@ -101,43 +98,28 @@ def router(ft) -> APIRouter:
     async def list_jobs(request: Request, after: str | None = None, limit: str | None = None):
         meta = {m.group(1): v for k, v in request.query_params.multi_items()
                 if (m := re.fullmatch(r"metadata\[(.+)\]", k))}
-        try:
-            n = _int(limit, "limit", 20)
-        except AfinarError as e:
-            return _fail(e)
-        return await _call(ft.list, after, n, meta or None)
+        return await _call(lambda: ft.list(after, _int(limit, "limit", 20), meta or None))
 
     @r.get("/fine_tuning/jobs/{job_id}")
     async def get_job(job_id: str):
         return await _call(ft.get, job_id)
 
-    @r.post("/fine_tuning/jobs/{job_id}/cancel")
-    async def cancel(job_id: str):
-        return await _call(ft.cancel, job_id)
+    def control(action: str):
+        async def route(job_id: str):
+            return await _call(getattr(ft, action), job_id)
+        r.add_api_route(f"/fine_tuning/jobs/{{job_id}}/{action}", route, methods=["POST"],
+                        name=f"fine_tuning_{action}")
 
-    @r.post("/fine_tuning/jobs/{job_id}/pause")
-    async def pause(job_id: str):
-        return await _call(ft.pause, job_id)
-
-    @r.post("/fine_tuning/jobs/{job_id}/resume")
-    async def resume(job_id: str):
-        return await _call(ft.resume, job_id)
+    for action in ("cancel", "pause", "resume"):
+        control(action)
 
     @r.get("/fine_tuning/jobs/{job_id}/events")
     async def events(job_id: str, after: str | None = None, limit: str | None = None):
-        try:
-            n = _int(limit, "limit", 20)
-        except AfinarError as e:
-            return _fail(e)
-        return await _call(ft.events, job_id, after, n)
+        return await _call(lambda: ft.events(job_id, after, _int(limit, "limit", 20)))
 
     @r.get("/fine_tuning/jobs/{job_id}/checkpoints")
     async def checkpoints(job_id: str, after: str | None = None, limit: str | None = None):
-        try:
-            n = _int(limit, "limit", 10)
-        except AfinarError as e:
-            return _fail(e)
-        return await _call(ft.checkpoints, job_id, after, n)
+        return await _call(lambda: ft.checkpoints(job_id, after, _int(limit, "limit", 10)))
 
     # -- fine-tuned models ------------------------------------------------------------------
     @r.delete("/models/{model_id:path}")
