@@ -180,7 +180,10 @@ class JobService:
                    job_id: str | None = None) -> dict:
         """`internal`: training settings set by afinar's own callers (the OpenAI fine-tuning
         API: type, grader, ...), kept in the request as `_internal` for the worker; never
-        from a Bedrock request (botocore's parser drops unknown fields)."""
+        from a client (the Bedrock parser refuses unknown fields, and here fields starting
+        with '_' come only with `internal`)."""
+        if internal is None and (private := [k for k in req if k.startswith("_")]):
+            raise InvalidRequest(f"unknown field '{private[0][:40]}' in the request")
         token = req.get("clientRequestToken")
         if (done := self.by_token(CUSTOMIZATION, token, req)) is not None:
             return done
