@@ -158,3 +158,37 @@ def test_synthesize_stops_when_the_teacher_repeats_itself(tmp_path, tiny_model_d
         synthesize(str(bad), tmp_path / "b.jsonl", 5, lambda s: Path("/nonexistent") / "x",
                    lambda ev: None, lambda: False)
     assert any(i.line == 3 and i.field == "completion" for i in e.value.issues)
+
+
+def test_an_openai_compatible_endpoint_as_the_teacher(tmp_path, tiny_model_dir, teacher,
+                                                      settings):
+    """A teacher registered in [teachers]: an OpenAI-compatible server (afinar's own, on
+    loopback, serving the teacher model) answers the prompts over HTTP, for distillation and
+    for synthesis (with response_format json_schema)."""
+    import signal
+
+    from servers import Server
+
+    from afinar.config import TeacherEndpoint
+    from afinar.inference.teachers import make_teacher
+    from afinar.training.synthesize import synthesize
+
+    srv = Server(tmp_path / "srv", teacher).start()
+    try:
+        remote = settings.model_copy(update={"teachers": {"remote": TeacherEndpoint(
+            base_url=f"{srv.url}/v1", model="tiny", concurrency=4)}})
+        res = train(_cfg(tmp_path, tiny_model_dir, "remote", _prompts(160)), remote)
+        assert res.distillation["training"]["kept"] == 160
+        assert _answers("tiny-student", settings) == [SECRET[t] for t in THINGS]
+        seeds = write_jsonl(tmp_path / "seeds.jsonl", mapping_rows(3))
+        syn = synthesize(str(seeds), tmp_path / "s.jsonl", 4, lambda schema: make_teacher(
+            "remote", remote, 1024, temperature=1.0, json_schema=schema), lambda ev: None,
+            lambda: False, per_call=2)
+        assert syn.kept == 4 and not syn.left_out, syn
+    finally:
+        srv.kill(signal.SIGTERM)
+    bad = settings.model_copy(update={"teachers": {"remote": TeacherEndpoint(
+        base_url="http://127.0.0.1:9/v1", model="x")}})
+    with pytest.raises(DataError, match="no usable answer"):
+        train(_cfg(tmp_path, tiny_model_dir, "remote", _prompts(4),
+                   output_dir=str(tmp_path / "run3")), bad)

@@ -329,3 +329,18 @@ def test_tools_demo_pipeline_on_tiny_model(tmp_path, settings, tiny_model_dir):
         assert 0 <= m["exact_arguments"] <= m["right_function"] <= m["tool_call_rate"] <= 1
     assert len(rep["examples"]) == 4 and "request" in rep["loop"]
     assert (tmp_path / "demo" / "report.json").exists() and said[0].startswith("[1/4]")
+
+
+def test_declared_only_reaches_properties_named_like_keywords():
+    """Objects under a property named `examples` or `default` (JSON-schema keywords whose
+    values are data elsewhere) are held to their declared properties too: before, such a
+    property was copied as data, and a model could add keys of any length inside it."""
+    from afinar.inference.constrain import _declared_only
+
+    item = {"type": "object", "properties": {"prompt": {"type": "string"}}}
+    got = _declared_only({"type": "object", "properties": {
+        "examples": {"type": "array", "items": item}, "default": item},
+        "examples": [{"prompt": "kept as data"}]})
+    assert got["properties"]["examples"]["items"]["additionalProperties"] is False
+    assert got["properties"]["default"]["additionalProperties"] is False
+    assert got["examples"] == [{"prompt": "kept as data"}] and got["additionalProperties"] is False

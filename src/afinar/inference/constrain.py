@@ -39,8 +39,13 @@ def _declared_only(s):
         return [_declared_only(x) for x in s]
     if not isinstance(s, dict):
         return s
-    out = {k: (v if k in ("const", "enum", "default", "examples") else _declared_only(v))
-           for k, v in s.items()}
+    out = {}
+    for k, v in s.items():
+        if k in ("properties", "patternProperties", "$defs", "definitions") and \
+                isinstance(v, dict):  # name -> schema: any name, "examples" included
+            out[k] = {name: _declared_only(sub) for name, sub in v.items()}
+        else:
+            out[k] = v if k in ("const", "enum", "default", "examples") else _declared_only(v)
     if isinstance(s.get("properties"), dict) and "additionalProperties" not in s:
         out["additionalProperties"] = False
     return out

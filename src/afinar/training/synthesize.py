@@ -74,7 +74,7 @@ def value_schema(values: list, cap: int = 2000) -> dict:
 def record_schema(records: list[dict], cap: int = 2000) -> dict:
     """The fields every record has (required) with their value schemas."""
     common = [k for k in records[0] if all(k in r for r in records)]
-    return {"type": "object", "required": common,
+    return {"type": "object", "required": common, "additionalProperties": False,
             "properties": {k: value_schema([r[k] for r in records], cap) for k in common}}
 
 
@@ -106,7 +106,8 @@ def synthesize(seed_path: str, out_path: Path, n: int,
         for r in read_records(str(out_path)).records:
             seen.add(_key(r.data))
             res.kept += 1
-    answer_schema = {"type": "object", "required": ["examples"], "properties": {"examples": {
+    answer_schema = {"type": "object", "required": ["examples"], "additionalProperties": False,
+                     "properties": {"examples": {
         "type": "array", "minItems": per_call, "maxItems": per_call,
         "items": record_schema(seeds)}}}
     rng = random.Random(seed + res.kept)
