@@ -198,7 +198,7 @@ def test_cookbook_code_runs_with_only_base_url_changed(tmp_path, tiny_model_dir)
         assert response.choices[0].message.content is not None
         # --- reinforcement fine-tuning with a grader object -----------------------------------
         prompts = [{"messages": [{"role": "user", "content": f"Colour of {THINGS[i % 4]}?"}],
-                    "reference_answer": COLORS[i % 4]} for i in range(16)]
+                    "reference_answer": COLORS[i % 4]} for i in range(8)]
         f = client.files.create(file=("p.jsonl", io.BytesIO(_jsonl(prompts))),
                                 purpose="fine-tune")
         grader = {"type": "string_check", "name": "colour", "operation": "eq",
@@ -211,6 +211,6 @@ def test_cookbook_code_runs_with_only_base_url_changed(tmp_path, tiny_model_dir)
         assert done.method.reinforcement.grader.name == "colour"
         rewards = [e.data["mean_reward"] for e in client.fine_tuning.jobs.list_events(
             job.id, limit=100).data if e.type == "metrics"]
-        assert len(rewards) == 2 and all(0 <= r <= 1 for r in rewards)
+        assert len(rewards) == 1 and 0 <= rewards[0] <= 1
     finally:
         srv.kill(signal.SIGTERM)
