@@ -168,11 +168,10 @@ def test_an_openai_compatible_endpoint_as_the_teacher(tmp_path, tiny_model_dir, 
     for synthesis (with response_format json_schema)."""
     import signal
 
-    from servers import Server
-
     from afinar.config import TeacherEndpoint
     from afinar.inference.teachers import make_teacher
     from afinar.training.synthesize import synthesize
+    from servers import Server
 
     srv = Server(tmp_path / "srv", teacher).start()
     try:
