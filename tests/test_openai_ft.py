@@ -128,7 +128,8 @@ def test_bad_files_and_requests_are_refused_with_the_field(srv):
 
 def test_cancel_pause_resume_dpo_and_paging(srv):
     """A long job is paused and resumed (it continues from its checkpoint and succeeds); a
-    job queued behind it is cancelled; a DPO job trains on preference pairs; jobs page."""
+    job queued behind it and a running one are cancelled; a DPO job trains on preference
+    pairs; jobs page."""
     client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused")
     f = client.files.create(file=("c.jsonl", io.BytesIO(_jsonl(_chat_rows(200)))),
                             purpose="fine-tune")
@@ -145,6 +146,15 @@ def test_cancel_pause_resume_dpo_and_paging(srv):
     client.fine_tuning.jobs.resume(long.id)
     done = _until(client, long.id, lambda j: j.status in ("succeeded", "failed"))
     assert done.status == "succeeded", done.error
+    running = client.fine_tuning.jobs.create(
+        model="tiny", training_file=f.id, method={"type": "supervised", "supervised": {
+            "hyperparameters": {"n_epochs": 4, "batch_size": 1}}})
+    _until(client, running.id, lambda j: j.status == "running" and any(
+        e.type == "metrics" for e in client.fine_tuning.jobs.list_events(running.id).data))
+    assert client.fine_tuning.jobs.cancel(running.id).status == "cancelled"
+    # the Bedrock view of the same job ends Stopped
+    _until(client, running.id, lambda j: srv.client().get_model_customization_job(
+        jobIdentifier=running.id)["status"] == "Stopped")
     every = list(client.fine_tuning.jobs.list_events(long.id, limit=100))  # pages on `after`
     assert len({e.id for e in every}) == len(every) > 100
     assert any("resume requested" in e.message for e in every)
@@ -161,9 +171,9 @@ def test_cancel_pause_resume_dpo_and_paging(srv):
     assert done.method.dpo.hyperparameters.beta == 0.2
 
     page = client.fine_tuning.jobs.list(limit=2)
-    assert [j.id for j in page.data] == [dpo.id, queued.id] and page.has_more
-    rest = client.fine_tuning.jobs.list(limit=2, after=queued.id)
-    assert [j.id for j in rest.data] == [long.id] and not rest.has_more
+    assert [j.id for j in page.data] == [dpo.id, running.id] and page.has_more
+    rest = client.fine_tuning.jobs.list(limit=2, after=running.id)
+    assert [j.id for j in rest.data] == [queued.id, long.id] and not rest.has_more
 
 
 def test_cookbook_code_runs_with_only_base_url_changed(tmp_path, tiny_model_dir):
