@@ -189,7 +189,7 @@ def test_errors_are_modelled_exceptions(server):
                       ("/etc/passwd", "allowed_roots"), ("ftp://x/y", "scheme")):
         with pytest.raises(bedrock.exceptions.ValidationException, match=what):
             _create(bedrock, "bad", "bad", uri)
-    with pytest.raises(bedrock.exceptions.ValidationException, match="DISTILLATION"):
+    with pytest.raises(bedrock.exceptions.ValidationException, match="teacherModelIdentifier"):
         _create(bedrock, "bad", "bad", train, customizationType="DISTILLATION")
     with pytest.raises(bedrock.exceptions.ValidationException, match="jobName"):
         _create(bedrock, "no spaces allowed", "bad", train)
