@@ -31,6 +31,7 @@ from afinar.jobs.arns import short_id
 from afinar.jobs.files import FileStore
 
 ROLE = "arn:aws:iam::000000000000:role/afinar-openai"
+BUCKET_OUT = "afinar-fine-tuning"  # the jobs' Bedrock-layout outputs
 ORG = "afinar"
 CREATE_FIELDS = {"model", "training_file", "validation_file", "hyperparameters", "method",
                  "seed", "suffix", "metadata", "integrations"}
@@ -437,5 +438,3 @@ class FineTuning:
                 self.svc.delete_custom_model(r["name"])
         return {"id": model, "object": "model", "deleted": True}
 
-
-BUCKET_OUT = "afinar-fine-tuning"

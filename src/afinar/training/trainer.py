@@ -259,6 +259,7 @@ class Trainer:
         self.warnings = [note] if note else []
         set_threads(cfg.threads or settings.threads)
         self.name = cfg.name or default_name(cfg)
+        self.distillation: dict = {}  # distill: role -> the teacher's answers (Distilled)
         self.out = Path(cfg.output_dir or settings.runs_dir / self.name).expanduser().resolve()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -460,7 +461,7 @@ class Trainer:
             res = distil(path, out, role, lambda: make_teacher(
                 cfg.teacher, self.settings, cfg.max_new_tokens), self.progress,
                 self.should_stop, cfg.use_prompt_response)
-            self.distillation = getattr(self, "distillation", {}) | {role: res}
+            self.distillation[role] = res
             self.progress(ProgressEvent("teacher", 0, None, message=res.describe(role)))
         self.accel.wait_for_everyone()
         return str(out / f"{role}_responses.jsonl")
@@ -697,7 +698,7 @@ class Trainer:
                           warnings=self.warnings, initial_validation=initial_val,
                           best_step=best.step if best.kept else None, early_stopped=early,
                           auto=self.auto)
-        if getattr(self, "distillation", None):
+        if self.distillation:
             res.distillation = {role: {"prompts": d.prompts, "kept": d.prompts - sum(
                 d.rejected.values()), "from_records": d.from_records,
                 "rejected": dict(d.rejected), "dataset": str(d.path)}
