@@ -39,7 +39,7 @@ class Stopped(AfinarError):
 class Distilled:
     path: Path  # the responses the student trains on
     prompts: int
-    from_teacher: int = 0  # answered in this run (the rest were already there, or kept)
+    from_teacher: int = 0  # answered by the teacher in this run (the rest: earlier, or kept)
     from_records: int = 0  # use_prompt_response: the records' own answers
     rejected: Counter = field(default_factory=Counter)  # reason -> count
     seconds: float = 0.0

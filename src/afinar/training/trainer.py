@@ -701,7 +701,8 @@ class Trainer:
         if self.distillation:
             res.distillation = {role: {"prompts": d.prompts, "kept": d.prompts - sum(
                 d.rejected.values()), "from_records": d.from_records,
-                "rejected": dict(d.rejected), "dataset": str(d.path)}
+                "rejected": dict(d.rejected), "dataset": str(d.path),
+                "answered_this_run": d.from_teacher, "teacher_seconds": round(d.seconds, 1)}
                 for role, d in self.distillation.items()}
         if status == "completed" and self.cfg.type == "classify" and self.valid is not None:
             res.classification = self.classification_report()
