@@ -123,11 +123,7 @@ class FileStore:
 
     def delete(self, fid: str) -> dict:
         m = self._meta(fid)
-        loc = self.storage.locate(m["_uri"], "file")
-        if loc.local is not None:
-            shutil.rmtree(loc.local.parent, ignore_errors=True)
-        else:
-            self.storage._s3().delete_object(Bucket=loc.bucket, Key=loc.key)
+        self.storage.remove(self.storage.locate(m["_uri"], "file"))
         (self.meta_dir / f"{fid}.json").unlink(missing_ok=True)
         return {"id": fid, "object": "file", "deleted": True}
 

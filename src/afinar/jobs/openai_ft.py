@@ -376,8 +376,9 @@ class FineTuning:
         row = self._row(ftjob)
         if not 1 <= limit <= 100:
             raise BadParam("limit must be from 1 to 100", "limit")
-        steps = {m["step"]: m for m in self._metrics(row) if m.get("kind") == "train"}
-        valid = {m["step"]: m for m in self._metrics(row) if m.get("kind") == "validation"}
+        log = self._metrics(row)
+        steps = {m["step"]: m for m in log if m.get("kind") == "train"}
+        valid = {m["step"]: m for m in log if m.get("kind") == "validation"}
         recs = sorted((r for r in list_custom_models(self.svc.settings)
                        if r.get("checkpoint_of") == row.output_model_name),
                       key=lambda r: -r["step"])
@@ -413,8 +414,9 @@ class FineTuning:
         w = csv.writer(buf)
         w.writerow(["step", "train_loss", "train_accuracy", "valid_loss",
                     "valid_mean_token_accuracy"])
-        valid = {m["step"]: m for m in self._metrics(row) if m.get("kind") == "validation"}
-        for m in self._metrics(row):
+        log = self._metrics(row)
+        valid = {m["step"]: m for m in log if m.get("kind") == "validation"}
+        for m in log:
             if m.get("kind") == "train":
                 v = valid.get(m["step"], {})
                 w.writerow([m["step"], m.get("loss"), m.get("token_accuracy"),

@@ -156,6 +156,15 @@ class Storage:
             written.append(f"{loc.uri.rstrip('/')}/{rel}")
         return written
 
+    def remove(self, loc: Location) -> None:
+        """Delete one object (a local file, with its folder when that is left empty)."""
+        if loc.remote:
+            self._s3().delete_object(Bucket=loc.bucket, Key=loc.key)
+            return
+        loc.local.unlink(missing_ok=True)
+        if loc.local.parent.is_dir() and not any(loc.local.parent.iterdir()):
+            loc.local.parent.rmdir()
+
     def _s3(self):
         import boto3
         return boto3.client("s3", endpoint_url=self.settings.s3_endpoint_url,
