@@ -114,6 +114,25 @@ def test_bad_distillation_inputs_fail_before_the_teacher_runs(tmp_path, tiny_mod
                    output_dir=str(tmp_path / "run2")), settings)
 
 
+def _prompt_record(text: str):
+    from afinar.data.prompts import PromptRecord
+
+    return PromptRecord(1, [{"role": "user", "content": text}])
+
+
+def test_teacher_endpoint_settings_name_the_wrong_field():
+    from pydantic import ValidationError
+
+    from afinar.config import TeacherEndpoint
+
+    with pytest.raises(ValidationError, match="needs base_url"):
+        TeacherEndpoint(model="m")
+    with pytest.raises(ValidationError, match="api_key_env is for"):
+        TeacherEndpoint(api="bedrock", model="m", api_key_env="K")
+    with pytest.raises(ValidationError, match="region and profile are for"):
+        TeacherEndpoint(base_url="http://h/v1", model="m", region="us-east-1")
+
+
 def test_synthesize_writes_new_checked_examples(tmp_path, tiny_model_dir, capsys):
     """`afinar data synthesize`: the teacher's answers are constrained to the seeds' fields,
     every kept example passes the data check, none repeats a seed or another, and a second
@@ -161,11 +180,12 @@ def test_synthesize_stops_when_the_teacher_repeats_itself(tmp_path, tiny_model_d
     assert any(i.line == 3 and i.field == "completion" for i in e.value.issues)
 
 
-def test_an_openai_compatible_endpoint_as_the_teacher(tmp_path, tiny_model_dir, teacher,
-                                                      settings):
-    """A teacher registered in [teachers]: an OpenAI-compatible server (afinar's own, on
-    loopback, serving the teacher model) answers the prompts over HTTP, for distillation and
-    for synthesis (with response_format json_schema)."""
+def test_an_openai_compatible_or_bedrock_endpoint_as_the_teacher(
+        tmp_path, tiny_model_dir, teacher, settings, monkeypatch):
+    """A teacher registered in [teachers]: an OpenAI-compatible server and a Bedrock runtime
+    (afinar's own server on loopback, serving the teacher model, is both) answer the prompts
+    over HTTP, for distillation and for synthesis (response_format json_schema, or Converse's
+    outputConfig.textFormat)."""
     import signal
 
     from afinar.config import TeacherEndpoint
@@ -187,6 +207,27 @@ def test_an_openai_compatible_endpoint_as_the_teacher(tmp_path, tiny_model_dir, 
             "remote", remote, 1024, temperature=1.0, json_schema=schema), lambda ev: None,
             lambda: False, per_call=2)
         assert syn.kept == 4 and not syn.left_out, syn
+
+        for k, v in {"AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "test"}.items():
+            monkeypatch.setenv(k, v)
+        bedrock = settings.model_copy(update={"teachers": {"br": TeacherEndpoint(
+            api="bedrock", base_url=srv.url, model="tiny", region="us-east-1",
+            concurrency=4)}})
+        res = train(_cfg(tmp_path, tiny_model_dir, "br", _prompts(8), max_steps=1,
+                         output_dir=str(tmp_path / "run2")), bedrock)
+        assert res.distillation["training"]["kept"] == 8
+        data = [json.loads(x) for x in (tmp_path / "run2" / "distillation" /
+                                        "training_responses.jsonl").read_text().splitlines()]
+        assert [d["messages"][-1]["content"] for d in data] == [SECRET[t] for t in THINGS] * 2
+        syn = synthesize(str(seeds), tmp_path / "s2.jsonl", 4, lambda schema: make_teacher(
+            "br", bedrock, 1024, temperature=1.0, json_schema=schema), lambda ev: None,
+            lambda: False, per_call=2)
+        assert syn.kept == 4 and not syn.left_out, syn
+        wrong = bedrock.model_copy(update={"teachers": {"br": TeacherEndpoint(
+            api="bedrock", base_url=srv.url, model="no-such-model", region="us-east-1")}})
+        got = make_teacher("br", wrong, 8).answer(
+            [_prompt_record("Colour of sky?")])
+        assert "teacher call failed" in got[0].problem and "no-such-model" in got[0].problem
     finally:
         srv.kill(signal.SIGTERM)
     bad = settings.model_copy(update={"teachers": {"remote": TeacherEndpoint(

@@ -344,3 +344,27 @@ def test_declared_only_reaches_properties_named_like_keywords():
     assert got["properties"]["examples"]["items"]["additionalProperties"] is False
     assert got["properties"]["default"]["additionalProperties"] is False
     assert got["examples"] == [{"prompt": "kept as data"}] and got["additionalProperties"] is False
+
+
+def test_a_canonical_conversation_goes_to_converse_and_back():
+    """converse_conversation (a Bedrock teacher's request) is the reverse of reading a Converse
+    request: system, tool calls and tool results survive the round trip."""
+    from afinar.data.chat import converse_conversation, request_conversation
+
+    tools = [{"name": "get_weather", "description": "Weather in a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                             "required": ["city"]}}]
+    msgs = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Weather in Oslo and Rome?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "name": "get_weather", "arguments": {"city": "Oslo"}},
+                {"id": "c2", "name": "get_weather", "arguments": {"city": "Rome"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "-3 C"},
+            {"role": "tool", "tool_call_id": "c2", "content": "18 C"},
+            {"role": "user", "content": "Which is warmer?"}]
+    conv = converse_conversation(msgs, tools)
+    assert [t["role"] for t in conv["messages"]] == ["user", "assistant", "user"]
+    back, back_tools, issues = request_conversation(conv["messages"], conv["toolConfig"],
+                                                    bedrock=True, system=conv["system"])
+    assert not issues
+    assert back == msgs and back_tools == tools

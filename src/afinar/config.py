@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from afinar.errors import ConfigError
 
@@ -18,14 +18,37 @@ def default_home() -> Path:
 
 
 class TeacherEndpoint(BaseModel):
-    """An external OpenAI-compatible chat endpoint a distillation job may use as its teacher."""
+    """A model outside afinar that a distillation or synthesis job may use as its teacher: an
+    OpenAI-compatible chat endpoint (api "openai", the default) or a Bedrock runtime (api
+    "bedrock": Converse through boto3, with the usual AWS credential chain)."""
 
     model_config = {"extra": "forbid"}
-    base_url: str = Field(..., pattern=r"^https?://", description="e.g. https://host/v1")
-    model: str = Field(..., description="The model name the endpoint expects.")
-    api_key_env: str | None = Field(None, description="Environment variable holding the key.")
+    api: Literal["openai", "bedrock"] = Field(
+        "openai", description="openai: POST {base_url}/chat/completions; bedrock: Converse.")
+    base_url: str | None = Field(
+        None, pattern=r"^https?://", description="openai: e.g. https://host/v1 (required); "
+        "bedrock: the runtime endpoint (default: the region's AWS endpoint).")
+    model: str = Field(..., description="The model name (openai) or modelId (bedrock) the "
+                       "endpoint expects.")
+    api_key_env: str | None = Field(None, description="openai: environment variable holding "
+                                    "the key.")
+    region: str | None = Field(None, description="bedrock: the AWS region (default: "
+                               "AWS_REGION / the AWS config).")
+    profile: str | None = Field(None, description="bedrock: the AWS profile (default: the "
+                                "credential chain).")
     concurrency: int = Field(8, ge=1, le=256, description="Requests in flight at once.")
     timeout_s: float = Field(300, gt=0, description="Seconds one answer may take.")
+
+    @model_validator(mode="after")
+    def _fields_of_the_api(self) -> TeacherEndpoint:
+        if self.api == "openai" and not self.base_url:
+            raise ValueError("an openai teacher needs base_url (e.g. https://host/v1)")
+        if self.api == "openai" and (self.region or self.profile):
+            raise ValueError("region and profile are for api = \"bedrock\"")
+        if self.api == "bedrock" and self.api_key_env:
+            raise ValueError("api_key_env is for api = \"openai\"; a bedrock teacher uses "
+                             "the AWS credential chain (or profile)")
+        return self
 
 
 class Settings(BaseModel):

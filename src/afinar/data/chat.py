@@ -314,6 +314,38 @@ def tool_result_text(content: Any) -> str:
     return "\n".join(parts)
 
 
+def converse_conversation(messages: list[dict], tools: list[dict] | None = None) -> dict:
+    """A canonical conversation as Bedrock Converse's `system`, `messages` and `toolConfig`
+    (the reverse of bedrock_messages / bedrock_tools): tool results join the next user turn,
+    as Converse wants user/assistant turns alternating."""
+    system = [{"text": m["content"]} for m in messages if m["role"] == "system"]
+    turns: list[dict] = []
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        if m["role"] == "assistant":
+            blocks = ([{"text": m["content"]}] if m.get("content") else []) + [
+                {"toolUse": {"toolUseId": c["id"], "name": c["name"], "input": c["arguments"]}}
+                for c in m.get("tool_calls") or []]
+            role = "assistant"
+        elif m["role"] == "tool":
+            blocks = [{"toolResult": {"toolUseId": m["tool_call_id"],
+                                      "content": [{"text": m.get("content") or ""}]}}]
+            role = "user"
+        else:
+            blocks, role = [{"text": m.get("content") or ""}], "user"
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += blocks
+        else:
+            turns.append({"role": role, "content": blocks})
+    out = {"messages": turns} | ({"system": system} if system else {})
+    if tools:
+        out["toolConfig"] = {"tools": [{"toolSpec": {
+            "name": t["name"], "description": t.get("description") or t["name"],
+            "inputSchema": {"json": t["parameters"]}}} for t in tools]}
+    return out
+
+
 # -- the whole conversation ---------------------------------------------------------------------
 def check_tool_use(messages: list[dict], tools: list[dict] | None, where: _Where) -> None:
     """Calls name defined tools with arguments that satisfy their schemas; ids are unique; every

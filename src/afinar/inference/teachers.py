@@ -1,11 +1,13 @@
 """Teachers: the models that answer prompts for distillation and synthesis.
 
 A teacher is any model afinar serves (a registry id, a custom model, a local folder, a hub
-id), run through the serving engine's continuous batching, or an external OpenAI-compatible
-endpoint registered in afinar.toml's [teachers] table. `answer(prompts)` returns one Answer per
+id), run through the serving engine's continuous batching, or an external model registered in
+afinar.toml's [teachers] table: an OpenAI-compatible chat endpoint or a Bedrock runtime
+(Converse, through boto3). `answer(prompts)` returns one Answer per
 prompt record (data/prompts.py): the assistant message, or why there is none (cut at the
 token limit, empty, the call failed). A JSON schema, when given, constrains every answer
-(constrained decoding here; `response_format` json_schema for an endpoint).
+(constrained decoding here; `response_format` json_schema for an OpenAI endpoint,
+`outputConfig.textFormat` for Bedrock).
 """
 
 from __future__ import annotations
@@ -79,7 +81,23 @@ class LocalTeacher:
         self.engine.close()
 
 
-class EndpointTeacher:
+class _Remote:
+    """A teacher outside afinar: `_call` answers one prompt; `concurrency` calls run at once."""
+
+    spec = None
+
+    def _call(self, p: PromptRecord) -> Answer:
+        raise NotImplementedError
+
+    def answer(self, prompts: list[PromptRecord]) -> list[Answer]:
+        with ThreadPoolExecutor(self.spec.concurrency) as pool:
+            return list(pool.map(self._call, prompts))
+
+    def close(self) -> None:
+        pass
+
+
+class EndpointTeacher(_Remote):
     """An external OpenAI-compatible chat endpoint ([teachers.<name>] in afinar.toml)."""
 
     def __init__(self, name: str, spec, max_tokens: int, temperature: float = 0.0,
@@ -130,12 +148,59 @@ class EndpointTeacher:
         return _checked(msg, choice.get("finish_reason") == "length",
                         (got.get("usage") or {}).get("completion_tokens", 0))
 
-    def answer(self, prompts: list[PromptRecord]) -> list[Answer]:
-        with ThreadPoolExecutor(self.spec.concurrency) as pool:
-            return list(pool.map(self._call, prompts))
 
-    def close(self) -> None:
-        pass
+class BedrockTeacher(_Remote):
+    """A model behind a Bedrock runtime ([teachers.<name>] with api = "bedrock"): boto3's
+    bedrock-runtime Converse, credentials from the AWS chain (or the named profile).
+    `seed` is not sent: Converse has no seed."""
+
+    def __init__(self, name: str, spec, max_tokens: int, temperature: float = 0.0,
+                 json_schema: dict | None = None, seed: int = 0):
+        import boto3
+        import botocore.config
+
+        self.name, self.spec, self.max_tokens = name, spec, max_tokens
+        self.temperature, self.json_schema = temperature, json_schema
+        session = boto3.Session(profile_name=spec.profile, region_name=spec.region) \
+            if spec.profile else boto3.Session(region_name=spec.region)
+        if not session.region_name:
+            raise ConfigError(f"teacher '{name}': no AWS region: set region in "
+                              f"[teachers.{name}] or AWS_REGION")
+        if session.get_credentials() is None:
+            raise ConfigError(f"teacher '{name}': no AWS credentials found (environment, "
+                              f"~/.aws, or profile in [teachers.{name}])")
+        self.client = session.client(
+            "bedrock-runtime", endpoint_url=spec.base_url, config=botocore.config.Config(
+                read_timeout=spec.timeout_s, max_pool_connections=spec.concurrency,
+                retries={"max_attempts": 4, "mode": "standard"}))
+
+    def _call(self, p: PromptRecord) -> Answer:
+        import botocore.exceptions
+        from afinar.data.chat import converse_conversation
+
+        kw = {"modelId": self.spec.model, **converse_conversation(p.messages, p.tools),
+              "inferenceConfig": {"maxTokens": self.max_tokens,
+                                  "temperature": self.temperature}}
+        if self.json_schema is not None:
+            kw["outputConfig"] = {"textFormat": {"type": "json_schema", "structure": {
+                "jsonSchema": {"name": "answer", "schema": json.dumps(self.json_schema)}}}}
+        try:
+            got = self.client.converse(**kw)
+            blocks = got["output"]["message"]["content"]
+        except botocore.exceptions.ClientError as e:
+            err = e.response.get("Error", {})
+            return Answer(problem=f"teacher call failed: {err.get('Code')}: "
+                          f"{err.get('Message', '')[:300]}")
+        except (botocore.exceptions.BotoCoreError, KeyError, TypeError) as e:
+            return Answer(problem=f"teacher call failed: {type(e).__name__}: {e}")
+        text = "".join(b["text"] for b in blocks if "text" in b)
+        msg = {"role": "assistant", "content": text or None}
+        calls = [b["toolUse"] for b in blocks if "toolUse" in b]
+        if calls:
+            msg["tool_calls"] = [{"id": c["toolUseId"], "name": c["name"],
+                                  "arguments": c["input"]} for c in calls]
+        return _checked(msg, got.get("stopReason") == "max_tokens",
+                        (got.get("usage") or {}).get("outputTokens", 0))
 
 
 def _checked(msg: dict, cut: bool, tokens: int) -> Answer:
@@ -150,5 +215,7 @@ def make_teacher(teacher: str, settings: Settings, max_tokens: int, **kw):
     """An endpoint registered under that name in [teachers], else a model afinar loads.
     kw: temperature, json_schema, seed."""
     if teacher in settings.teachers:
-        return EndpointTeacher(teacher, settings.teachers[teacher], max_tokens, **kw)
+        spec = settings.teachers[teacher]
+        kind = BedrockTeacher if spec.api == "bedrock" else EndpointTeacher
+        return kind(teacher, spec, max_tokens, **kw)
     return LocalTeacher(teacher, settings, max_tokens, **kw)
