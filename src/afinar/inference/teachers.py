@@ -176,6 +176,7 @@ class BedrockTeacher(_Remote):
 
     def _call(self, p: PromptRecord) -> Answer:
         import botocore.exceptions
+
         from afinar.data.chat import converse_conversation
 
         kw = {"modelId": self.spec.model, **converse_conversation(p.messages, p.tools),
