@@ -70,3 +70,56 @@ def test_bad_rft_inputs_fail_before_training(tmp_path, tiny_model_dir, settings)
         parse_train_config({"train_data": "x", "type": "rft", "method": "full",
                             "kl_coef": 0.1})
     assert not (tmp_path / "rft").exists()
+
+
+def test_the_engine_samples_from_the_live_policy(tiny_model_dir, tokenizer, settings):
+    """RFT samples through the serving engine, serving the module being trained: greedy
+    answers are transformers' greedy answers, before and after the weights change; seeded
+    sampling repeats; each answer keeps its token ids."""
+    import contextlib
+
+    import torch
+
+    from afinar.models.loading import load_causal_lm
+    from afinar.training.batching import left_pad
+    from afinar.training.rft import Prompt, Sampler
+
+    model = load_causal_lm(str(tiny_model_dir), torch.float32, "cpu")
+    model.train()
+    prompts = [Prompt(tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"Colour of {t}?"}], add_generation_prompt=True,
+        tokenize=True, return_dict=False), {}, i) for i, t in enumerate(THINGS)]
+
+    def hf_greedy() -> list[list[int]]:
+        ids, mask = left_pad([p.ids for p in prompts], tokenizer.pad_token_id)
+        model.eval()
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                             max_new_tokens=6, pad_token_id=tokenizer.pad_token_id)
+        model.train()
+        got = []
+        for row in out[:, ids.shape[1]:].tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t == tokenizer.eos_token_id),
+                       len(row))
+            got.append(row[:cut])
+        return got
+
+    sampler = Sampler(model, tokenizer, settings, 16, 6, 512, contextlib.nullcontext, seed=3)
+    try:
+        rows, greedy = sampler.sample(prompts, 1, 6, 0.0)
+        assert rows == [p.ids for p in prompts] and greedy == hf_greedy()
+        assert model.training  # put back in training mode
+        with torch.no_grad():  # new weights (as after a step): the engine answers with them
+            model.model.norm.weight.mul_(-1)  # negated logits: the likeliest token is now last
+        _, after = sampler.sample(prompts, 1, 6, 0.0)
+        assert after == hf_greedy() and after != greedy
+        _, drawn = sampler.sample(prompts, 4, 6, 1.0)
+        assert len(drawn) == 16 and len({tuple(a) for a in drawn}) > 4
+    finally:
+        sampler.close()
+    again = Sampler(model, tokenizer, settings, 16, 6, 512, contextlib.nullcontext, seed=3)
+    try:
+        again.sample(prompts, 1, 6, 0.0)  # same calls, same seeds
+        again.sample(prompts, 1, 6, 0.0)
+        assert again.sample(prompts, 4, 6, 1.0)[1] == drawn
+    finally:
+        again.close()

@@ -90,7 +90,11 @@ class Engine:
     def __init__(self, settings: Settings, max_batch: int = 32, batch_window_ms: float = 30,
                  max_queue: int = 256, max_prompt_tokens: int = 4096,
                  max_output_tokens: int = 1024, memory_budget_mb: int = 8192,
-                 precision: str = "auto", confined: bool = False, prefill_chunk: int = 512):
+                 precision: str = "auto", confined: bool = False, prefill_chunk: int = 512,
+                 background: bool = True):
+        """background False: no generation thread; the caller submits requests and then runs
+        them on its own thread with run_pending() (training's sampling: one thread does all
+        the torch work, see resolve)."""
         self.settings = settings
         self.confined = confined  # model ids come from clients: only what check_served allows
         self.max_batch, self.window = max_batch, batch_window_ms / 1000
@@ -114,9 +118,12 @@ class Engine:
         # batches: groups of requests admitted together; steps: decoding steps;
         # max_batch_seen: the most rows decoded together
         self.stats = {"batches": 0, "requests": 0, "steps": 0, "max_batch_seen": 0}
-        self.thread = threading.Thread(target=self._loop, name="afinar-generate", daemon=True)
-        self.thread.start()
-        _live_engines.add(id(self))
+        self.thread = None
+        if background:
+            self.thread = threading.Thread(target=self._loop, name="afinar-generate",
+                                           daemon=True)
+            self.thread.start()
+            _live_engines.add(id(self))
 
     # -- models ------------------------------------------------------------------------------
     def resolve(self, model_id: str) -> tuple[_Base, str | None]:
@@ -134,7 +141,7 @@ class Engine:
         return self._on_engine_thread(self._load, model_id)
 
     def _on_engine_thread(self, fn, *args):
-        if threading.current_thread() is self.thread:
+        if self.thread is None or threading.current_thread() is self.thread:
             return fn(*args)
         done: concurrent.futures.Future = concurrent.futures.Future()
         with self.lock:
@@ -179,6 +186,15 @@ class Engine:
             self.routes[model_id] = (base.path, None)
             return base, None
 
+    def serve_module(self, model_id: str, model, tokenizer) -> None:
+        """Serve a model object as `model_id`, as it is (no copy, no prepacking: its weights
+        may change between requests; training samples from the policy it trains this way).
+        Not counted against the memory budget."""
+        with self.load_lock:
+            key = f"module:{model_id}"
+            self.bases[key] = _Base(key, model, tokenizer)
+            self.routes[model_id] = (key, None)
+
     def _add_adapter(self, base: _Base, name: str, adapter_dir: str) -> None:
         """Between two decoding steps (the running rows keep their caches: the base's weights
         do not change)."""
@@ -211,8 +227,11 @@ class Engine:
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
         from afinar.inference import fastlinear
         fastlinear.pack(model)  # bf16 on CPU: oneDNN's prepacked weights (measured there)
-        while self.bases and sum(b.nbytes for b in self.bases.values()) + nbytes > self.budget:
-            old, _ = self.bases.popitem(last=False)  # least recently used
+        while sum(b.nbytes for b in self.bases.values()) + nbytes > self.budget:
+            old = next((k for k in self.bases if not k.startswith("module:")), None)
+            if old is None:  # only served modules left: they stay
+                break
+            del self.bases[old]  # least recently used
             self.routes = {k: v for k, v in self.routes.items() if v[0] != old}
         b = _Base(key, model, tok, nbytes=nbytes)
         self.bases[key] = b
@@ -264,7 +283,9 @@ class Engine:
         self.closed = True
         _live_engines.discard(id(self))
         self.wake.set()
-        if threading.current_thread() is not self.thread:
+        if self.thread is None:
+            self._fail_waiting()
+        elif threading.current_thread() is not self.thread:
             self.thread.join(timeout=30)  # ends after the step it is in
 
     # -- scheduling --------------------------------------------------------------------------
@@ -288,8 +309,9 @@ class Engine:
         with self.lock:
             if not self.pending:
                 return
-        if not any(b.rows or b.joining for b in self.batches.values()):
-            self._gather()
+        if self.thread is not None and not any(b.rows or b.joining
+                                               for b in self.batches.values()):
+            self._gather()  # (a threadless engine has all its requests already)
         groups: dict[str, list[_Row]] = {}
         with self.lock:
             for row in list(self.pending):
@@ -314,24 +336,38 @@ class Engine:
 
     def _loop(self) -> None:
         while not self.closed:
-            self._run_calls()
-            self._admit()
-            busy = False
-            for path, b in list(self.batches.items()):
-                if not (b.rows or b.joining):
-                    del self.batches[path]
-                    continue
-                busy = True
-                try:
-                    with self.model_lock, torch.inference_mode():
-                        self._step(b)
-                except Exception as e:  # its requests get the error; the engine keeps running
-                    for row in b.rows + (b.joining.rows if b.joining else []):
-                        row.req.events.put(("error", e))
-                    del self.batches[path]
-            if not busy:
+            if not self._turn():
                 self.wake.wait(0.5)
                 self.wake.clear()
+        self._fail_waiting()
+
+    def run_pending(self) -> None:
+        """A threadless engine (background False): run until every submitted request is
+        done, on the calling thread."""
+        while not self.closed and self._turn():
+            pass
+
+    def _turn(self) -> bool:
+        """Queued calls, admissions, then one step of every running batch; False when there
+        was nothing to step."""
+        self._run_calls()
+        self._admit()
+        busy = False
+        for path, b in list(self.batches.items()):
+            if not (b.rows or b.joining):
+                del self.batches[path]
+                continue
+            busy = True
+            try:
+                with self.model_lock, torch.inference_mode():
+                    self._step(b)
+            except Exception as e:  # its requests get the error; the engine keeps running
+                for row in b.rows + (b.joining.rows if b.joining else []):
+                    row.req.events.put(("error", e))
+                del self.batches[path]
+        return busy
+
+    def _fail_waiting(self) -> None:
         with self.lock:
             for done, _, _ in self.calls:
                 done.set_exception(Overloaded("the engine is shutting down"))
@@ -421,18 +457,27 @@ class Engine:
             bitmask = grammars.bitmask(len(rows))
             grammars.fill(live, bitmask)
             grammars.apply(scores, bitmask)
-        greedy = scores.argmax(dim=-1).tolist()
-        out = []
+        out = scores.argmax(dim=-1).tolist()  # greedy rows keep these
+        hot = [i for i, r in enumerate(rows) if r.req.temperature > 0 and r.req.top_p >= 1]
+        if hot:
+            # Gumbel-max: argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T),
+            # for all these rows in one batched op (each row's noise from its own seed's
+            # stream). Measured on 64 rows of SmolLM2-135M's 49k vocabulary, 2-core CPU: a
+            # softmax and a multinomial per row took ~90 ms of a ~320 ms decoding step.
+            temps = torch.tensor([rows[i].req.temperature for i in hot], dtype=scores.dtype)
+            u = torch.stack([torch.rand(scores.shape[-1], generator=rows[i].rng or self.rng)
+                             for i in hot])
+            drawn = (scores[hot] / temps[:, None] - torch.log(-torch.log(u))).argmax(dim=-1)
+            for i, t in zip(hot, drawn.tolist(), strict=True):
+                out[i] = t
         for i, r in enumerate(rows):
-            if r.req.temperature == 0:
-                out.append(greedy[i])
-                continue
-            probs = torch.softmax(scores[i] / r.req.temperature, dim=-1)
-            if r.req.top_p < 1:  # the smallest set of tokens whose probability reaches top_p
+            if r.req.temperature > 0 and r.req.top_p < 1:
+                # the smallest set of tokens whose probability reaches top_p
+                probs = torch.softmax(scores[i] / r.req.temperature, dim=-1)
                 p, idx = probs.sort(descending=True)
                 p[(p.cumsum(0) - p) >= r.req.top_p] = 0
                 probs = torch.zeros_like(probs).scatter_(0, idx, p)
-            out.append(int(torch.multinomial(probs, 1, generator=r.rng or self.rng)))
+                out[i] = int(torch.multinomial(probs, 1, generator=r.rng or self.rng))
         return out
 
 
@@ -489,7 +534,7 @@ class _Row:
             r.stop_reason = "cancelled"  # the client went away (internal only)
             finished = True
         if finished:
-            r.text = ready
+            r.text, r.output_ids = ready, list(self.gen)
         return not finished
 
     def _logprob(self, token: int, tok) -> None:

@@ -60,9 +60,9 @@ def encode_prompt(req: GenRequest, tok, max_prompt: int) -> None:
         from afinar.data.tokenize import render_prompt
         # tool_choice "none": the tools are not offered, so the model answers in text
         text = render_prompt(tok, req.messages, req.tools if req.parse_tools else None)
-    else:
-        text = req.prompt or ""
-    req.prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+        req.prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+    elif req.prompt is not None or not req.prompt_ids:  # else: token ids given (training)
+        req.prompt_ids = tok(req.prompt or "", add_special_tokens=False)["input_ids"]
     req.input_tokens = len(req.prompt_ids)
     if req.input_tokens > max_prompt:
         raise RequestError(f"the input is {req.input_tokens} tokens; the limit is {max_prompt}")
@@ -100,7 +100,9 @@ class GenRequest:
     input_tokens: int = 0
     output_tokens: int = 0
     stop_reason: str = "end_turn"
-    prompt_ids: list[int] = field(default_factory=list)
+    prompt_ids: list[int] = field(default_factory=list)  # given (no messages, no prompt) or
+    # rendered from the messages / prompt
+    output_ids: list[int] = field(default_factory=list)  # the generated ids, end of turn kept
     matcher: object = None  # the grammar of a constrained request (inference/constrain.py)
     tool_calls: list[dict] = field(default_factory=list)  # [{"id", "name", "arguments"}]
     token_logprobs: list[dict] = field(default_factory=list)  # with logprobs: one per token

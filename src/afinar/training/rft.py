@@ -6,9 +6,9 @@ its own answer (supervised data) gives that answer as the prompt's `reference_an
 never trained on: the grader alone teaches.
 
 A step takes `batch_size` prompts, samples `samples_per_prompt` answers for each from the model
-being trained (transformers' batched `generate`, with the sampled token ids kept), grades them,
-and turns the rewards into advantages relative to the other samples of the same prompt
-((r - mean) / (std + 1e-4); a prompt whose samples all score the same teaches nothing).
+being trained (the serving engine's continuous batching, with the sampled token ids kept),
+grades them, and turns the rewards into advantages relative to the other samples of the same
+prompt ((r - mean) / (std + 1e-4); a prompt whose samples all score the same teaches nothing).
 The loss is -advantage x the answer's token log-probabilities, averaged over the batch's answer
 tokens (GRPO with one update per batch, so the policy ratio is 1 and needs no clipping — the
 setting TRL's GRPOTrainer defaults to); with kl_coef > 0, kl_coef x the k3 estimate of the KL
@@ -84,38 +84,71 @@ class Policy(torch.nn.Module):
         self.model = model
 
 
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[Prompt], n: int, max_new_tokens: int,
-           temperature: float, device) -> tuple[list[list[int]], list[list[int]]]:
-    """n sampled answers per prompt (greedy when temperature is 0): (prompt ids, answer ids)
-    per sample, prompt by prompt; an answer ends at (and keeps) its end-of-turn token."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
-        tokenizer.eos_token_id
-    eos = [i for i in {tokenizer.eos_token_id,
-                       getattr(getattr(model, "generation_config", None), "eos_token_id", None)}
-           if isinstance(i, int)]
-    from afinar.training.batching import left_pad
+class _Served(torch.nn.Module):
+    """The policy as the serving engine runs it: under the training's autocast."""
 
-    rows = [p.ids for p in prompts for _ in range(n)]
-    ids, mask = left_pad(rows, pad)
-    width = ids.shape[1]
-    kw = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens,
-          "pad_token_id": pad, "eos_token_id": eos or None, "use_cache": True}
-    kw.update({"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else
-              {"temperature": None, "top_p": None, "top_k": None})
-    was = model.training
-    model.eval()
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
-    model.train(was)
-    answers = []
-    for row in out[:, width:].tolist():  # after its end of turn a row holds only padding
-        ans = []
-        for t in row:
-            ans.append(t)
-            if t in eos:
-                break
-        answers.append(ans)
-    return rows, answers
+    def __init__(self, model: torch.nn.Module, autocast):
+        super().__init__()
+        self.inner, self.autocast = model, autocast
+        self.config, self.generation_config = model.config, model.generation_config
+
+    def forward(self, **kw):
+        with self.autocast():
+            return self.inner(**kw)
+
+
+class Sampler:
+    """Answers sampled from the policy being trained by the serving engine (continuous
+    batching: a row leaves the batch when its answer ends; inference/engine.py). The policy
+    module is served as it is, so every step samples from the current weights; each sampled
+    answer keeps its token ids (end of turn included) for the update.
+
+    Against transformers' batched `generate` (static batches: every row runs until the
+    longest answer ends), benchmarks/rft_sampling.py, 8 Stripe prompts x 8 samples, 2-core
+    AVX512-BF16 CPU: 213 against 153 answer tokens/s from an SFT model whose answers end at
+    different lengths (1.39x); 281 against 293 (0.96x) when every answer runs to the token
+    limit."""
+
+    MODEL = "policy"
+
+    def __init__(self, model: torch.nn.Module, tokenizer, settings, rows: int,
+                 max_new_tokens: int, max_prompt_tokens: int, autocast, seed: int):
+        from afinar.inference.engine import Engine
+
+        self.model, self.seed, self.calls = model, seed, 0
+        # threadless: the sampling runs on the training's thread (a second thread doing torch
+        # work beside it was measured to slow decoding 2-3x on a 2-core CPU: two OpenMP teams)
+        self.engine = Engine(settings, max_batch=max(1, min(rows, 256)), max_queue=1 << 30,
+                             max_prompt_tokens=max_prompt_tokens, max_output_tokens=max_new_tokens,
+                             background=False)
+        self.engine.serve_module(self.MODEL, _Served(model, autocast), tokenizer)
+
+    def sample(self, prompts: list[Prompt], n: int, max_new_tokens: int,
+               temperature: float) -> tuple[list[list[int]], list[list[int]]]:
+        """n answers per prompt (greedy when temperature is 0): (prompt ids, answer ids) per
+        sample, prompt by prompt. Seeded per answer: a run with the same seed samples the
+        same answers."""
+        from afinar.inference.requests import GenRequest
+
+        was = self.model.training
+        self.model.eval()  # no dropout while sampling
+        try:
+            reqs = []
+            for p in prompts:
+                for _ in range(n):
+                    self.calls += 1
+                    reqs.append(self.engine.submit(GenRequest(
+                        model=self.MODEL, prompt_ids=list(p.ids), max_tokens=max_new_tokens,
+                        temperature=temperature,
+                        seed=self.seed * 1_000_003 + self.calls if temperature > 0 else None)))
+            self.engine.run_pending()
+            answers = [r.result(timeout=0).output_ids for r in reqs]
+        finally:
+            self.model.train(was)
+        return [p.ids for p in prompts for _ in range(n)], answers
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def answer_logps(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int,

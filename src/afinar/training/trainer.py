@@ -260,6 +260,7 @@ class Trainer:
         set_threads(cfg.threads or settings.threads)
         self.name = cfg.name or default_name(cfg)
         self.distillation: dict = {}  # distill: role -> the teacher's answers (Distilled)
+        self.sampler = None  # rft: training/rft.py's Sampler, made at the first step
         self.out = Path(cfg.output_dir or settings.runs_dir / self.name).expanduser().resolve()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -542,20 +543,11 @@ class Trainer:
     def _validate_rewards(self) -> dict:
         """rft: greedy answers to the validation prompts, graded; the loss column is minus
         the mean reward (lower is better, as for the other kinds)."""
-        from afinar.training.rft import sample
-
-        model = self.accel.unwrap_model(self.loss_mod).model
-        prompts, rewards = self.valid.encoded, []
-        for s in range(0, len(prompts), self.cfg.batch_size):
-            chunk = prompts[s:s + self.cfg.batch_size]
-            with self._autocast():
-                _, answers = sample(model, self.tokenizer, chunk, 1, self.cfg.max_new_tokens,
-                                    0.0, self.accel.device)
-            texts = [self.tokenizer.decode(a, skip_special_tokens=True).strip()
-                     for a in answers]
-            rewards += self.grader.grade_many(texts, [p.item for p in chunk])
+        prompts = self.valid.encoded
+        _, answers = self._policy_sampler().sample(prompts, 1, self.cfg.max_new_tokens, 0.0)
+        texts = [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
+        rewards = self.grader.grade_many(texts, [p.item for p in prompts])
         mean = sum(rewards) / len(rewards)
-        model.train()
         return {"validation_loss": -mean, "mean_reward": mean}
 
     def _structured_sample(self) -> list[tuple[list[int], str]]:
@@ -604,6 +596,26 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            if self.sampler is not None:  # rft: the engine that sampled from the policy
+                self.sampler.close()
+                self.sampler = None
+
+    def _policy_sampler(self):
+        """rft: the serving engine, serving the policy being trained (built once)."""
+        if self.sampler is None:
+            from afinar.training.rft import Sampler
+
+            cfg = self.cfg
+            self.sampler = Sampler(
+                self.accel.unwrap_model(self.loss_mod).model, self.tokenizer, self.settings,
+                max(cfg.batch_size * cfg.samples_per_prompt, cfg.batch_size),
+                cfg.max_new_tokens, cfg.max_prompt_length, self._autocast, cfg.seed)
+        return self.sampler
+
+    def _fit(self) -> TrainResult:
         cfg, accel = self.cfg, self.accel
         main = accel.is_main_process
         start_step, start_epoch, start_batch = 0, 0, 0
@@ -716,15 +728,16 @@ class Trainer:
 
     def _rft_step(self, group: list[list[int]]) -> tuple[float, float, int]:
         """One GRPO update (training/rft.py): sample, grade, advantages, policy gradient."""
-        from afinar.training.rft import advantages, answer_logps, sample
+        from afinar.training.rft import advantages, answer_logps
 
         cfg, tok, dev = self.cfg, self.tokenizer, self.accel.device
         model = self.accel.unwrap_model(self.loss_mod).model
         n = cfg.samples_per_prompt
         prompts = [self.train.encoded[i] for bi in group for i in bi]
-        with self._autocast():
-            rows, answers = sample(model, tok, prompts, n, cfg.max_new_tokens,
-                                   cfg.temperature, dev)
+        t = time.time()
+        rows, answers = self._policy_sampler().sample(prompts, n, cfg.max_new_tokens,
+                                                      cfg.temperature)
+        sampled_s = time.time() - t
         texts = [tok.decode(a, skip_special_tokens=True).strip() for a in answers]
         rewards = torch.tensor(self.grader.grade_many(
             texts, [p.item for p in prompts for _ in range(n)]), dtype=torch.float32)
@@ -755,7 +768,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         spread = float(rewards.view(-1, n).std(1, unbiased=False).mean())
         self.step_metrics = {"mean_reward": float(rewards.mean()), "reward_spread": spread,
-                             "answer_length": sum(len(a) for a in answers) / len(answers)}
+                             "answer_length": sum(len(a) for a in answers) / len(answers),
+                             "sampling_seconds": round(sampled_s, 2)}
         if cfg.method == "lora":
             self.step_metrics["kl"] = kl_total
         return loss_total, float(rewards.mean()), sum(len(r) for r in rows) + n_tok
