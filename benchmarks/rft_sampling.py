@@ -5,9 +5,9 @@ runs until the longest answer ends), on the same LoRA policy and the same prompt
     .venv/bin/python benchmarks/rft_sampling.py [--model smollm2-135m-instruct] [--prompts 8]
         [--samples 8] [--max-new-tokens 64] [--temperature 1.0] [--repeats 3]
 
-The prompts are Stripe requests (the demo's task); the policy is the base with a fresh LoRA
-adapter (r=16, all linear layers), sampled under bf16 autocast where the CPU has fast bf16, as
-in training. Prints the CPU, each method's answer tokens per second (best of --repeats; the
+The prompts are Stripe requests (the demo's task); the policy is the model with a fresh LoRA
+adapter (r=16, all linear layers), loaded and sampled as training does (bf16 weights and
+autocast where the CPU has fast bf16). Prints the CPU, each method's answer tokens per second (best of --repeats; the
 methods alternate, so both see the same machine load) and the ratio.
 """
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     device = choose_device()
     dtype, _ = choose_dtype("auto", device)
     tok = load_tokenizer(path)
-    model = get_peft_model(load_causal_lm(path, torch.float32, device), LoraConfig(
+    model = get_peft_model(load_causal_lm(path, dtype, device), LoraConfig(
         r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
 
     def autocast():
