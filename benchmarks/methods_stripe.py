@@ -2,8 +2,8 @@
 them, through the CLI:
 
   rft: the same weak SFT start, then reinforcement fine-tuning on new prompts, each sampled
-       answer scored by a grader (default: the share of the reference call's JSON fields it
-       gets right); the reference calls are never trained on.
+       answer scored by a grader (default: F1 of the answer's JSON fields against the
+       reference call's); the reference calls are never trained on.
   distill: the demo's tuned model (`afinar demo`, 400 labelled examples) as the teacher, the
        base model as the student, trained on the teacher's answers to new unlabelled requests
        (--pairs of them); student vs teacher on the demo's held-out test requests.

@@ -32,6 +32,13 @@ def test_json_graders():
                        "parameters": {"charge": "ch_2", "amount": 500}})
     assert build_grader("fields").grade(half, ITEM) == pytest.approx(2 / 3)
     assert build_grader("fields").grade("not json", ITEM) == 0.0
+    # extra keys cost under F1 (the default), not under recall
+    extra = json.dumps({**REF, "parameters": {**REF["parameters"], "customer": "cus_1"}})
+    assert build_grader("fields").grade(extra, ITEM) == pytest.approx(2 * 3 / (3 + 4))
+    recall = build_grader({"type": "json_fields", "metric": "recall"})
+    assert recall.grade(extra, ITEM) == 1.0
+    with pytest.raises(GraderError, match="metric must be f1 or recall"):
+        build_grader({"type": "json_fields", "metric": "precision"})
     schema = build_grader({"type": "json_schema", "schema": {
         "type": "object", "required": ["api_call"],
         "properties": {"api_call": {"type": "string", "pattern": "^stripe\\."}}}})

@@ -9,7 +9,7 @@ reinforcement.grader` of OpenAI's fine-tuning API works unchanged), plus afinar'
 | string_check | input, reference, operation eq/ne/like/ilike | 1 or 0 |
 | text_similarity | input, reference, evaluation_metric fuzzy_match/bleu/rouge_1..5/rouge_l | 0..1 |
 | json_match | input?, reference? | 1 when both parse as the same JSON value |
-| json_fields | input?, reference? | the share of the reference's JSON fields reproduced |
+| json_fields | input?, reference?, metric? f1/recall | F1 of the answer's JSON leaf fields (path and value) against the reference's; recall: the share of the reference's reproduced |
 | json_schema | schema, input? | 1 when the answer parses and validates |
 | regex | pattern, input? | 1 when the pattern is found |
 | python | source (or file): `def grade(sample, item) -> float` | what grade returns |
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from afinar.errors import ConfigError
-from afinar.eval.metrics import exact_match, field_accuracy, parse_json, rouge_l
+from afinar.eval.metrics import exact_match, field_accuracy, field_f1, parse_json, rouge_l
 
 SHORTHANDS = {
     "exact": {"type": "string_check", "operation": "eq"},
@@ -293,8 +293,15 @@ def build_grader(spec: dict | str, *, base_dir: Path | None = None, judge_loader
         def fn(s, it):
             return exact_match(render(inp, s, it), render(ref, s, it))
     elif kind == "json_fields":
+        # F1 by default: with recall alone extra or wrong keys cost nothing, and a policy tuned
+        # on it learned to add a generic key to every call (benchmarks/README, RFT run 4)
+        metric = spec.get("metric", "f1")
+        if metric not in ("f1", "recall"):
+            raise GraderError(f"grader '{name}': metric must be f1 or recall, got {metric!r}")
+        score = field_f1 if metric == "f1" else field_accuracy
+
         def fn(s, it):
-            return field_accuracy(render(inp, s, it), render(ref, s, it)) or 0.0
+            return score(render(inp, s, it), render(ref, s, it)) or 0.0
     elif kind == "json_schema":
         import jsonschema
 

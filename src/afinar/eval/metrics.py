@@ -61,6 +61,20 @@ def field_accuracy(pred: str, ref: str) -> float | None:
     return sum(1 for k, v in ref_f.items() if k in pred_f and pred_f[k] == v) / len(ref_f)
 
 
+def field_f1(pred: str, ref: str) -> float | None:
+    """F1 of the prediction's JSON leaf fields against the reference's (a field counts when path
+    and value match): unlike field_accuracy, extra or wrong fields cost."""
+    ok_r, vr = parse_json(ref)
+    if not ok_r or not isinstance(vr, (dict, list)):
+        return None
+    ok_p, vp = parse_json(pred)
+    if not ok_p:
+        return 0.0
+    ref_f, pred_f = flatten(vr), flatten(vp)
+    hits = sum(1 for k, v in ref_f.items() if k in pred_f and pred_f[k] == v)
+    return 2 * hits / (len(ref_f) + len(pred_f))
+
+
 class _UnicodeTokenizer:
     def tokenize(self, text: str) -> list[str]:
         return re.findall(r"\w+", text.lower())

@@ -88,7 +88,7 @@ class TrainConfig(BaseModel):
                               "preferred answers likely while the pair's gap grows.")
     grader: str = Field("json", description="type rft: what scores each sampled answer: "
                         "exact, json (the same JSON value as item.reference_answer), fields "
-                        "(the share of its JSON fields), json_valid, a .json grader object "
+                        "(F1 of its JSON fields against the reference's), json_valid, a .json grader object "
                         "(OpenAI's grader types and afinar's: eval/graders.py) or a .py file "
                         "with grade(sample, item).")
     samples_per_prompt: int = Field(4, ge=2, le=64, description="type rft: answers sampled "
