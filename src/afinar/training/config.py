@@ -88,9 +88,9 @@ class TrainConfig(BaseModel):
                               "preferred answers likely while the pair's gap grows.")
     grader: str = Field("json", description="type rft: what scores each sampled answer: "
                         "exact, json (the same JSON value as item.reference_answer), fields "
-                        "(F1 of its JSON fields against the reference's), json_valid, a .json grader object "
-                        "(OpenAI's grader types and afinar's: eval/graders.py) or a .py file "
-                        "with grade(sample, item).")
+                        "(F1 of its JSON fields against the reference's), json_valid, a .json "
+                        "grader object (OpenAI's grader types and afinar's: eval/graders.py) or "
+                        "a .py file with grade(sample, item).")
     samples_per_prompt: int = Field(4, ge=2, le=64, description="type rft: answers sampled "
                                     "per prompt (Bedrock's trainingSamplePerPrompt).",
                                     validation_alias=AliasChoices("samples_per_prompt",
