@@ -49,30 +49,30 @@ def flatten(v: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: v}
 
 
-def field_accuracy(pred: str, ref: str) -> float | None:
+def _field_counts(pred: str, ref: str) -> tuple[int, int, int] | None:
+    """(leaf fields right, the reference's leaf fields, the prediction's) by path and value;
+    None when the reference is not a JSON object or array, (0, 1, 1) when pred does not parse."""
     ok_r, vr = parse_json(ref)
     if not ok_r or not isinstance(vr, (dict, list)):
         return None
     ok_p, vp = parse_json(pred)
-    ref_f = flatten(vr)
     if not ok_p:
-        return 0.0
-    pred_f = flatten(vp)
-    return sum(1 for k, v in ref_f.items() if k in pred_f and pred_f[k] == v) / len(ref_f)
+        return 0, 1, 1
+    ref_f, pred_f = flatten(vr), flatten(vp)
+    return (sum(1 for k, v in ref_f.items() if k in pred_f and pred_f[k] == v), len(ref_f),
+            len(pred_f))
+
+
+def field_accuracy(pred: str, ref: str) -> float | None:
+    c = _field_counts(pred, ref)
+    return None if c is None else c[0] / c[1]
 
 
 def field_f1(pred: str, ref: str) -> float | None:
     """F1 of the prediction's JSON leaf fields against the reference's (a field counts when path
     and value match): unlike field_accuracy, extra or wrong fields cost."""
-    ok_r, vr = parse_json(ref)
-    if not ok_r or not isinstance(vr, (dict, list)):
-        return None
-    ok_p, vp = parse_json(pred)
-    if not ok_p:
-        return 0.0
-    ref_f, pred_f = flatten(vr), flatten(vp)
-    hits = sum(1 for k, v in ref_f.items() if k in pred_f and pred_f[k] == v)
-    return 2 * hits / (len(ref_f) + len(pred_f))
+    c = _field_counts(pred, ref)
+    return None if c is None else 2 * c[0] / (c[1] + c[2])
 
 
 class _UnicodeTokenizer:
