@@ -336,6 +336,9 @@ class Trainer:
         cfg = self.cfg
         check_quantize(cfg, self.device)
         self.resume_from = self._check_output_dir(resume)
+        if cfg.type == "rft":  # a bad grader fails before the model is fetched or converted
+            from afinar.eval.graders import load_grader
+            self.grader = load_grader(cfg.grader)
         self.resolved = self._scratch_model() if cfg.scratch_size else resolve_model(
             cfg.base_model, self.settings, self.progress)
         tok_dir = self.resolved.base if self.resolved.kind == "adapter" else self.resolved.path
@@ -360,13 +363,11 @@ class Trainer:
                 self.valid = prepare_pairs(cfg.validation_data, self.tokenizer,
                                            cfg.max_length, cfg.skip_invalid, role="validation")
         elif cfg.type == "rft":
-            from afinar.eval.graders import load_grader
             if self.accel.num_processes > 1:  # the GRPO step calls the unwrapped model
                 raise TrainingError("reinforcement fine-tuning runs on one process for now",
                                     hint="run afinar train --type rft without torchrun / "
                                          "accelerate launch")
             from afinar.training.rft import prepare_prompts
-            self.grader = load_grader(cfg.grader)
             self.train = prepare_prompts(cfg.train_data, self.tokenizer, cfg.max_prompt_length,
                                          self.grader)
             if cfg.validation_data:
