@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in best:
                 t = time.time()
                 if name == "engine":
-                    _, answers = sampler.sample(prompts, a.samples, a.max_new_tokens,
-                                                a.temperature)
+                    _, answers, _ = sampler.sample(prompts, a.samples, a.max_new_tokens,
+                                                   a.temperature)
                 else:
                     with autocast():
                         answers = static_generate(model, tok, prompts, a.samples,

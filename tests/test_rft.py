@@ -47,7 +47,7 @@ def test_grpo_with_an_exact_match_grader_raises_the_reward(tmp_path, tiny_model_
     log = [json.loads(x) for x in (res.output_dir / "training_artifacts" /
                                    "training_log.jsonl").read_text().splitlines()]
     rewards = [r["mean_reward"] for r in log if r["kind"] == "train"]
-    assert {"reward_spread", "answer_length"} <= set(log[0])
+    assert {"reward_spread", "answer_length", "cut_share"} <= set(log[0])
     first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
     assert last > first + 0.15, rewards  # measured: ~0.1 -> ~0.3 in 32 steps
     assert 0 <= res.validation["mean_reward"] <= 1
@@ -60,6 +60,13 @@ def test_bad_rft_inputs_fail_before_training(tmp_path, tiny_model_dir, settings)
         train(_cfg(tmp_path, tiny_model_dir, rows), settings)
     msg = str(e.value)
     assert "line 3" in msg and "reference_answer" in msg and "line 4" in msg, msg
+    # a reference answer the sampled answers cannot reach (4 new tokens) is refused by line
+    long = prompts(2) + prompts(1, answer="blue " * 8)
+    with pytest.raises(DataError) as e:
+        train(_cfg(tmp_path, tiny_model_dir, long), settings)
+    msg = str(e.value)
+    assert "line 3" in msg and "max_new_tokens=4" in msg and "line 1" not in msg, msg
+    assert "raise max_new_tokens to at least" in msg, msg
     with pytest.raises(ConfigError, match="unknown grader"):
         train(_cfg(tmp_path, tiny_model_dir, prompts(4), grader="nope"), settings)
     with pytest.raises(ConfigError, match="set type=rft"):
@@ -105,15 +112,17 @@ def test_the_engine_samples_from_the_live_policy(tiny_model_dir, tokenizer, sett
 
     sampler = Sampler(model, tokenizer, settings, 16, 6, 512, contextlib.nullcontext, seed=3)
     try:
-        rows, greedy = sampler.sample(prompts, 1, 6, 0.0)
+        rows, greedy, _ = sampler.sample(prompts, 1, 6, 0.0)
         assert rows == [p.ids for p in prompts] and greedy == hf_greedy()
         assert model.training  # put back in training mode
         with torch.no_grad():  # new weights (as after a step): the engine answers with them
             model.model.norm.weight.mul_(-1)  # negated logits: the likeliest token is now last
-        _, after = sampler.sample(prompts, 1, 6, 0.0)
+        _, after, _ = sampler.sample(prompts, 1, 6, 0.0)
         assert after == hf_greedy() and after != greedy
-        _, drawn = sampler.sample(prompts, 4, 6, 1.0)
+        _, drawn, cut = sampler.sample(prompts, 4, 6, 1.0)
         assert len(drawn) == 16 and len({tuple(a) for a in drawn}) > 4
+        # cut: the answers that reached the 6-token limit without ending their turn
+        assert cut == sum(len(a) == 6 and a[-1] != tokenizer.eos_token_id for a in drawn)
     finally:
         sampler.close()
     again = Sampler(model, tokenizer, settings, 16, 6, 512, contextlib.nullcontext, seed=3)

@@ -96,9 +96,10 @@ class TrainConfig(BaseModel):
                                     validation_alias=AliasChoices("samples_per_prompt",
                                                                   "trainingSamplePerPrompt"))
     max_new_tokens: int = Field(256, ge=1, le=32768, description="type rft: the longest "
-                                "sampled answer in tokens (Bedrock's inferenceMaxTokens); type "
-                                "distill: the longest teacher answer (maxResponseLength"
-                                "ForInference); longer ones are left out.",
+                                "sampled answer in tokens (Bedrock's inferenceMaxTokens; a "
+                                "longer one is cut and graded as it is, so every reference "
+                                "answer must fit); type distill: the longest teacher answer "
+                                "(maxResponseLengthForInference); longer ones are left out.",
                                 validation_alias=AliasChoices("max_new_tokens",
                                                               "inferenceMaxTokens"))
     max_prompt_length: int = Field(1024, ge=8, le=32768, description="type rft: the longest "

@@ -39,15 +39,20 @@ class Prompt:
 
 
 def prepare_prompts(path: str, tokenizer, max_prompt_length: int, grader,
-                    role: str = "training") -> PreparedData:
-    """Read and check prompt records (and that the grader finds what it reads in each)."""
+                    max_new_tokens: int, role: str = "training") -> PreparedData:
+    """Read and check prompt records (and that the grader finds what it reads in each, and
+    that each reference answer fits in max_new_tokens: a sample that matches a longer one is
+    cut and graded as wrong, which teaches the policy to leave things out)."""
     from afinar.data.prompts import read_prompts
+    from afinar.data.schema import serialize_value
     from afinar.data.tokenize import render_prompt
     from afinar.data.tools import assistant_text
     from afinar.eval.graders import GraderError
 
     read, records, issues = read_prompts(path)
     out = PreparedData(path, "prompts", [], len(read.records))
+    too_long: list[Issue] = []
+    longest = 0
     for r in records:
         item, msgs = dict(r.item), r.messages
         if r.answer is not None:
@@ -65,7 +70,23 @@ def prepare_prompts(path: str, tokenizer, max_prompt_length: int, grader,
                                 f"{max_prompt_length}", r.line, "messages", path, "too_long",
                                 read.unit))
             continue
+        if item.get("reference_answer") is not None:
+            n = len(tokenizer(serialize_value(item["reference_answer"]),
+                              add_special_tokens=False)["input_ids"]) + 1  # + end of turn
+            if n > max_new_tokens:
+                longest = max(longest, n)
+                too_long.append(Issue(
+                    f"the reference answer is {n} tokens with its end of turn, over "
+                    f"max_new_tokens={max_new_tokens}: a sample that matches it is cut and "
+                    f"graded as wrong", r.line, "reference_answer", path, "answer_too_long",
+                    read.unit))
         out.encoded.append(Prompt(ids, item, r.line))
+    if too_long and not issues:
+        raise DataError(f"{path}: {len(too_long)} of {len(records)} {role} prompts have a "
+                        f"reference answer longer than max_new_tokens={max_new_tokens}; "
+                        f"nothing was trained", too_long,
+                        hint=f"raise max_new_tokens to at least {longest} (Bedrock: "
+                             f"inferenceMaxTokens), or shorten those reference answers")
     if issues:
         raise DataError(f"{path}: {len(issues)} problem(s) in the {role} prompts; nothing was "
                         f"trained", issues,
@@ -124,10 +145,10 @@ class Sampler:
         self.engine.serve_module(self.MODEL, _Served(model, autocast), tokenizer)
 
     def sample(self, prompts: list[Prompt], n: int, max_new_tokens: int,
-               temperature: float) -> tuple[list[list[int]], list[list[int]]]:
+               temperature: float) -> tuple[list[list[int]], list[list[int]], int]:
         """n answers per prompt (greedy when temperature is 0): (prompt ids, answer ids) per
-        sample, prompt by prompt. Seeded per answer: a run with the same seed samples the
-        same answers."""
+        sample, prompt by prompt, and how many answers were cut at max_new_tokens. Seeded per
+        answer: a run with the same seed samples the same answers."""
         from afinar.inference.requests import GenRequest
 
         was = self.model.training
@@ -142,10 +163,11 @@ class Sampler:
                         temperature=temperature,
                         seed=self.seed * 1_000_003 + self.calls if temperature > 0 else None)))
             self.engine.run_pending()
-            answers = [r.result(timeout=0).output_ids for r in reqs]
+            done = [r.result(timeout=0) for r in reqs]
         finally:
             self.model.train(was)
-        return [p.ids for p in prompts for _ in range(n)], answers
+        cut = sum(r.stop_reason == "max_tokens" for r in done)
+        return [p.ids for p in prompts for _ in range(n)], [r.output_ids for r in done], cut
 
     def close(self) -> None:
         self.engine.close()

@@ -369,11 +369,11 @@ class Trainer:
                                          "accelerate launch")
             from afinar.training.rft import prepare_prompts
             self.train = prepare_prompts(cfg.train_data, self.tokenizer, cfg.max_prompt_length,
-                                         self.grader)
+                                         self.grader, cfg.max_new_tokens)
             if cfg.validation_data:
                 self.valid = prepare_prompts(cfg.validation_data, self.tokenizer,
                                              cfg.max_prompt_length, self.grader,
-                                             role="validation")
+                                             cfg.max_new_tokens, role="validation")
         elif cfg.type == "cpt":
             # streamed into token files next to the run, then read back by memory map
             tokens = self.out / "tokens"
@@ -545,7 +545,8 @@ class Trainer:
         """rft: greedy answers to the validation prompts, graded; the loss column is minus
         the mean reward (lower is better, as for the other kinds)."""
         prompts = self.valid.encoded
-        _, answers = self._policy_sampler().sample(prompts, 1, self.cfg.max_new_tokens, 0.0)
+        _, answers, _cut = self._policy_sampler().sample(prompts, 1, self.cfg.max_new_tokens,
+                                                         0.0)
         texts = [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
         rewards = self.grader.grade_many(texts, [p.item for p in prompts])
         mean = sum(rewards) / len(rewards)
@@ -736,8 +737,8 @@ class Trainer:
         n = cfg.samples_per_prompt
         prompts = [self.train.encoded[i] for bi in group for i in bi]
         t = time.time()
-        rows, answers = self._policy_sampler().sample(prompts, n, cfg.max_new_tokens,
-                                                      cfg.temperature)
+        rows, answers, cut = self._policy_sampler().sample(prompts, n, cfg.max_new_tokens,
+                                                           cfg.temperature)
         sampled_s = time.time() - t
         texts = [tok.decode(a, skip_special_tokens=True).strip() for a in answers]
         rewards = torch.tensor(self.grader.grade_many(
@@ -770,6 +771,7 @@ class Trainer:
         spread = float(rewards.view(-1, n).std(1, unbiased=False).mean())
         self.step_metrics = {"mean_reward": float(rewards.mean()), "reward_spread": spread,
                              "answer_length": sum(len(a) for a in answers) / len(answers),
+                             "cut_share": cut / len(answers),
                              "sampling_seconds": round(sampled_s, 2)}
         if cfg.method == "lora":
             self.step_metrics["kl"] = kl_total
