@@ -47,7 +47,8 @@ def test_grpo_with_an_exact_match_grader_raises_the_reward(tmp_path, tiny_model_
     log = [json.loads(x) for x in (res.output_dir / "training_artifacts" /
                                    "training_log.jsonl").read_text().splitlines()]
     rewards = [r["mean_reward"] for r in log if r["kind"] == "train"]
-    assert {"reward_spread", "answer_length", "cut_share"} <= set(log[0])
+    assert {"reward_spread", "best_reward", "answer_length", "cut_share"} <= set(log[0])
+    assert all(r["best_reward"] >= r["mean_reward"] for r in log if r["kind"] == "train")
     first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
     assert last > first + 0.15, rewards  # measured: ~0.1 -> ~0.3 in 32 steps
     assert 0 <= res.validation["mean_reward"] <= 1

@@ -13,8 +13,10 @@ The loss is -advantage x the answer's token log-probabilities, averaged over the
 tokens (GRPO with one update per batch, so the policy ratio is 1 and needs no clipping — the
 setting TRL's GRPOTrainer defaults to); with kl_coef > 0, kl_coef x the k3 estimate of the KL
 to the starting model is added per token (LoRA only: the reference is the adapter disabled).
-Metrics per step: mean reward, reward spread within prompts, KL to the start (LoRA), mean
-answer length. Validation: greedy answers to the validation prompts, their mean reward.
+Metrics per step: mean reward, reward spread within prompts, the best sample's reward (mean
+over prompts: low when the samples are seldom right), KL to the start (LoRA), mean answer
+length, the share of answers cut at max_new_tokens. Validation: greedy answers to the
+validation prompts, their mean reward.
 """
 
 from __future__ import annotations

@@ -768,8 +768,10 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        spread = float(rewards.view(-1, n).std(1, unbiased=False).mean())
+        groups = rewards.view(-1, n)
+        spread = float(groups.std(1, unbiased=False).mean())
         self.step_metrics = {"mean_reward": float(rewards.mean()), "reward_spread": spread,
+                             "best_reward": float(groups.max(1).values.mean()),
                              "answer_length": sum(len(a) for a in answers) / len(answers),
                              "cut_share": cut / len(answers),
                              "sampling_seconds": round(sampled_s, 2)}
