@@ -259,7 +259,16 @@ def test_foundation_models_and_aliases(server):
     assert "FINE_TUNING" in d["customizationsSupported"]
     assert bedrock.get_foundation_model(modelIdentifier=d["modelArn"])["modelDetails"] == d
     alias = bedrock.get_foundation_model(modelIdentifier=CLAUDE)["modelDetails"]
-    assert alias["modelId"] == CLAUDE and "tiny" in alias["modelName"]
+    assert alias["modelId"] == CLAUDE and alias["providerName"] == "local"
+    # every id afinar lists is taken here too: the registry id, a short alias (listed to boto3
+    # as afinar.<alias>, which botocore's patterns take), the embedding model
+    assert bedrock.get_foundation_model(modelIdentifier="smollm2-135m-instruct")[
+        "modelDetails"] == d
+    assert "afinar.tiny" in ids
+    assert bedrock.get_foundation_model(modelIdentifier="tiny")["modelDetails"][
+        "modelId"] == "afinar.tiny"
+    emb = bedrock.list_foundation_models(byOutputModality="EMBEDDING")["modelSummaries"]
+    assert [m["modelId"] for m in emb] == ["sentencetransformers.all-minilm-l6-v2"]
     assert bedrock.list_foundation_models(byProvider="nobody")["modelSummaries"] == []
     # the server process stays light: torch is loaded only by the job workers
     maps = Path(f"/proc/{server.proc.pid}/maps")

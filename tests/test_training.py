@@ -212,9 +212,60 @@ def test_bad_runs_fail_before_training(tmp_path, tiny_model_dir, settings):
     with pytest.raises(CheckpointError, match="other settings"):
         train(_cfg(tmp_path, tiny_model_dir, train_data=str(bad), skip_invalid=True, epochs=2),
               settings, resume=True)
-    with pytest.raises(DataError, match="max-length"):
-        train(_cfg(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "x"), max_length=8),
-              settings)
+    # an answer longer than max_length alone: refused before training, naming the lines
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "Say it", "completion": " ".join(
+        COLORS * 6)}] * 4)
+    with pytest.raises(DataError, match="max-length") as e:
+        train(_cfg(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "x"), max_length=16,
+                   train_data=str(long)), settings)
+    assert "every answer is longer than max_length=16" in str(e.value)
+
+
+def test_max_length_auto_covers_the_data_and_cuts_prompts_not_answers(
+        tmp_path, settings, tokenizer_dir, tokenizer):
+    """auto: the longest example decides the length (no flag needed for 700-token tool
+    examples); a given length shorter than an example cuts the prompt's middle and keeps every
+    answer token; an example whose answer alone is longer is left out and named."""
+    from afinar.data.length import choose_max_length, fit
+    from afinar.data.schema import Example
+    from afinar.data.tokenize import IGNORE_INDEX, encode_example
+
+    long_prompt = "Context: " + "the quick brown fox jumps over the lazy dog. " * 60
+    rows = [{"prompt": f"{long_prompt}\nColour of {t}?", "completion": c}
+            for t, c in zip(THINGS * 8, COLORS * 8, strict=True)]
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    from afinar.models.tiny import make_tiny_model
+    model = make_tiny_model(tmp_path / "tiny2k", tokenizer_dir, hidden_size=32, num_layers=2,
+                            num_heads=2, max_position_embeddings=2048)
+    cfg = _cfg(tmp_path, model, train_data=str(data), epochs=1, max_length="auto")
+    res = train(cfg, settings)
+    inputs = json.loads((tmp_path / "run" / "inputs.json").read_text())
+    chosen = inputs["auto"]["max_length"]
+    n = len(encode_example(tokenizer, Example(1, "prompt_completion", [
+        {"role": "user", "content": rows[0]["prompt"]},
+        {"role": "assistant", "content": rows[0]["completion"]}]), 10**9))
+    assert n > 512 and chosen["value"] >= n and chosen["value"] % 64 == 0
+    assert "covers all 32" in chosen["reason"] and res.status == "completed"
+
+    # a length shorter than the example: the answer survives whole, the prompt's start too
+    ex = Example(3, "messages", [{"role": "system", "content": "You answer with a colour."},
+                                 {"role": "user", "content": long_prompt},
+                                 {"role": "assistant", "content": "red and green"}])
+    enc = encode_example(tokenizer, ex, 10**9)
+    got, how = fit(enc, 64)
+    assert how == "prompt_cut" and len(got.input_ids) == 64
+    answer = [t for t in enc.labels if t != IGNORE_INDEX]
+    assert [t for t in got.labels if t != IGNORE_INDEX] == answer
+    assert got.input_ids[:8] == enc.input_ids[:8]  # the system turn's start is kept
+    assert got.input_ids[-len(answer):] == enc.input_ids[-len(answer):]
+    _, how = fit(enc, 4)
+    assert how == "dropped"
+    # auto within a cap: the share covered is reported
+    c = choose_max_length([100] * 9 + [5000], context=2048)
+    assert c.max_length == 2048 and c.covered == 0.9 and "90.0%" in c.reason
+    # the context of the tiny model used at first (512) caps auto, and says so
+    c = choose_max_length([n], context=512)
+    assert c.max_length == 512 and "the model's context" in c.reason
 
 
 def test_loss_mask_covers_only_the_answer(tokenizer):

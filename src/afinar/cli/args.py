@@ -66,6 +66,16 @@ def int_in(lo: int, hi: int | None = None):
     return parse
 
 
+def int_or_auto(lo: int, hi: int | None = None):
+    """An argparse type: "auto", or an integer in [lo, hi]."""
+    whole = int_in(lo, hi)
+
+    def parse(text: str) -> int | str:
+        return "auto" if text.strip().lower() == "auto" else whole(text)
+    parse.__name__ = "integer or auto"
+    return parse
+
+
 def float_in(lo: float, hi: float | None = None):
     """An argparse type: a finite number in [lo, hi]."""
     import math

@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from afinar.cli.args import add_model_flags, collect, float_in, int_in
+from afinar.cli.args import add_model_flags, collect, float_in, int_in, int_or_auto
 from afinar.cli.render import dump_json, err, out
 from afinar.config import Settings, load_settings
 from afinar.errors import AfinarError, ConfigError
@@ -36,7 +36,9 @@ def add_data(sub) -> None:
     c = dsub.add_parser("check", help="report problems and statistics before any compute")
     c.add_argument("file")
     c.add_argument("--json", action="store_true", help="machine-readable output")
-    c.add_argument("--max-length", type=int_in(8, 32768), default=512, help="token limit to check against")
+    c.add_argument("--max-length", type=int_or_auto(8, 32768), default="auto",
+                   help="the token limit to check against (default auto: what training would "
+                        "choose from these lengths for the model)")
     c.add_argument("--model", help="tokenizer to count tokens with (default: default model)")
     c.add_argument("--no-tokens", action="store_true", help="skip token counting")
     c.set_defaults(func=cmd_data_check)
@@ -92,7 +94,7 @@ def cmd_data_check(args) -> int:
 
     _quiet_libraries()
     settings = _settings(args)
-    tok, note = None, None
+    tok, note, context, budget = None, None, None, None
     if not args.no_tokens:
         try:
             from afinar.models.loading import load_tokenizer
@@ -100,9 +102,12 @@ def cmd_data_check(args) -> int:
             res = resolve_model(args.model or settings.default_model, settings,
                                 TqdmProgress(disable=args.quiet or args.json))
             tok = load_tokenizer(res.base if res.kind == "adapter" else res.path)
+            from afinar.data.length import model_limits
+            context, budget = model_limits(res.base if res.kind == "adapter" else res.path)
         except AfinarError as e:
             note = f"token counts skipped: {e.message}"
-    rep = check_file(args.file, tokenizer=tok, max_length=args.max_length)
+    rep = check_file(args.file, tokenizer=tok, max_length=args.max_length,
+                     context=context if tok else None, budget=budget if tok else None)
     if note:
         rep.warnings.append(note)
     if args.json:

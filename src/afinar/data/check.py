@@ -44,8 +44,12 @@ class CheckReport:
         return d
 
 
-def check_file(path: str | Path, tokenizer=None, max_length: int = 1024,
-               expected_schema: str | set[str] | None = None) -> CheckReport:
+def check_file(path: str | Path, tokenizer=None, max_length: int | str = "auto",
+               expected_schema: str | set[str] | None = None, context: int | None = None,
+               budget: int | None = None) -> CheckReport:
+    """Problems and statistics of a data file, before any compute. With a tokenizer: token
+    lengths, the max_length training would use ("auto": chosen from them within `context`
+    and the memory `budget` in tokens, data/length.py) and what happens to longer examples."""
     read = read_records(path)
     norm = normalize(read, expected_schema)
     exs = norm.examples
@@ -58,17 +62,17 @@ def check_file(path: str | Path, tokenizer=None, max_length: int = 1024,
     rep.exact_duplicates = exact_duplicates(exs)
     rep.near_duplicates = near_duplicates(exs)
     if tokenizer is not None and exs:
-        rep.tokens = token_stats(tokenizer, exs, max_length)
+        rep.tokens = token_stats(tokenizer, exs, max_length, context, budget)
     rep.labels = label_balance(exs)
     rep.size_guidance = size_guidance(len(exs))
     if rep.exact_duplicates:
         n = sum(len(g) - 1 for g in rep.exact_duplicates)
         rep.warnings.append(f"{n} exact duplicate record(s): they over-weight those examples; "
                             f"remove them or deduplicate")
-    if rep.tokens and rep.tokens["truncated"]:
-        rep.warnings.append(f"{rep.tokens['truncated']} record(s) are longer than max_length="
-                            f"{max_length} tokens and would be truncated: raise --max-length or "
-                            f"shorten them")
+    if rep.tokens and rep.tokens["longer"]:
+        rep.warnings.append(rep.tokens["fit"] + (
+            "; raise --max-length (or leave it auto) to keep them whole"
+            if rep.tokens["dropped"] else ""))
     if rep.labels and rep.labels["imbalance_ratio"] >= 5:
         rep.warnings.append(f"labels are imbalanced ({rep.labels['imbalance_ratio']:.1f}x between "
                             f"the most and least frequent)")
@@ -123,17 +127,27 @@ def near_duplicates(exs: list[Example], threshold: float = NEAR_DUP_THRESHOLD,
     return out
 
 
-def token_stats(tokenizer, exs: list[Example], max_length: int) -> dict:
+def token_stats(tokenizer, exs: list[Example], max_length: int | str = "auto",
+                context: int | None = None, budget: int | None = None) -> dict:
+    from afinar.data.length import choose_max_length, fit_lengths, last_answer_tokens
     from afinar.data.tokenize import encode_example, ensure_chat_template
 
     ensure_chat_template(tokenizer)
-    lengths = []
+    lengths, per_line = [], []
     for e in exs:
-        n_tok = len(encode_example(tokenizer, e, 10**9))
+        enc = encode_example(tokenizer, e, 10**9)
+        n_tok, answer = len(enc), last_answer_tokens(enc)
         if e.rejected:  # a preference pair: its longer side
             n_tok = max(n_tok, len(encode_example(tokenizer, replace(e, messages=e.rejected),
                                                   10**9)))
         lengths.append(n_tok)
+        per_line.append((e.line, n_tok, answer or n_tok))
+    if max_length == "auto":
+        choice = choose_max_length(lengths, context, budget)
+        max_length, why = choice.max_length, f"auto: {choice.reason}"
+    else:
+        why = "given"
+    fitted = fit_lengths(per_line, int(max_length))
     lengths.sort()
     n = len(lengths)
 
@@ -146,9 +160,12 @@ def token_stats(tokenizer, exs: list[Example], max_length: int) -> dict:
         for a, b in zip(edges, edges[1:], strict=False):
             if a <= x < b:
                 hist[f"{a}-{b - 1}" if b < 10**9 else f"{a}+"] += 1
-    return {"max_length": max_length, "min": lengths[0], "mean": round(sum(lengths) / n, 1),
-            "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": lengths[-1],
-            "total": sum(lengths), "truncated": sum(1 for x in lengths if x > max_length),
+    return {"max_length": max_length, "max_length_reason": why, "min": lengths[0],
+            "mean": round(sum(lengths) / n, 1), "p50": pct(0.5), "p90": pct(0.9),
+            "p99": pct(0.99), "max": lengths[-1], "total": sum(lengths),
+            "covered": round(1 - fitted.longer / n, 4), "longer": fitted.longer,
+            "truncated": fitted.prompt_cut, "dropped": len(fitted.dropped_lines),
+            "dropped_lines": fitted.dropped_lines[:100], "fit": fitted.describe("") or "",
             "histogram": dict(hist)}
 
 
@@ -200,7 +217,11 @@ def format_report(rep: CheckReport, max_errors: int = 50) -> str:
     if rep.tokens:
         t = rep.tokens
         lines.append(f"  tokens: min {t['min']}  p50 {t['p50']}  p90 {t['p90']}  p99 {t['p99']}  "
-                     f"max {t['max']}  (max_length {t['max_length']}: {t['truncated']} truncated)")
+                     f"max {t['max']}")
+        lines.append(f"  max_length {t['max_length']} ({t['max_length_reason']}): "
+                     f"{t['covered']:.1%} of the records fit whole"
+                     + (f"; {t['truncated']} would have their prompt shortened, "
+                        f"{t['dropped']} left out" if t["longer"] else ""))
         lines.append("  length histogram: " + ", ".join(f"{k}: {v}"
                                                         for k, v in t["histogram"].items()))
     if rep.labels:

@@ -33,7 +33,7 @@ def resolve_request_model(model_id: str, settings, confined: bool):
     from afinar.errors import ModelNotFoundError
     from afinar.models.registry import check_served, resolve_model
     try:
-        ident = check_served(model_id, settings) if confined else model_id
+        ident = check_served(model_id, settings, kind="generative") if confined else model_id
         r = resolve_model(ident, settings)
     except ModelNotFoundError as e:
         raise ModelUnavailable(str(e).replace("\n  hint: ", "; ")) from None

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-
 from afinar.config import Settings
+from afinar.models.ids import short_id, slug
 
-
-def slug(s: str) -> str:
-    out = "".join(c if c.isalnum() and c.isascii() else "-" for c in s.lower()).strip("-")
-    return out[:63] or "model"
-
-
-def short_id(seed: str | None = None) -> str:
-    if seed is None:
-        return "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
-    return hashlib.sha256(seed.encode()).hexdigest()[:12]
+__all__ = ["Arns", "short_id", "slug"]
 
 
 class Arns:

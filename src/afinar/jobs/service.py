@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from pathlib import Path
 
 from sqlalchemy import and_, insert, select
 from sqlalchemy.engine import Engine
@@ -27,9 +28,17 @@ from afinar.jobs.arns import Arns, short_id, slug
 from afinar.jobs.scheduler import MAX_QUEUED, Scheduler
 from afinar.jobs.states import ACTIVE, PHASES
 from afinar.jobs.store import add_event, finish, reopen, set_fields
+from afinar.models.ids import (
+    bedrock_model_id,
+    builtin_bedrock_id,
+    canonical,
+    custom_model_arn,
+    kind_of,
+)
 from afinar.models.registry import (
     BUILTIN_MODELS,
     NAME_RULE,
+    available_identifiers,
     custom_model_record,
     list_custom_models,
     valid_name,
@@ -101,19 +110,7 @@ def distillation_settings(req: dict, teacher: str) -> dict:
 def bedrock_id(registry_id: str) -> str:
     """Bedrock model ids are provider.model (`huggingfacetb.smollm2-135m-instruct`);
     GetFoundationModel's pattern requires the dot."""
-    e = BUILTIN_MODELS[registry_id]
-    return f"{e.provider.lower().replace('-', '')}.{registry_id}"
-
-
-def registry_id(ident: str) -> str | None:
-    for rid, e in BUILTIN_MODELS.items():
-        if e.kind == "causal-lm" and ident in (rid, bedrock_id(rid)):
-            return rid
-    return None
-
-
-def _tail(identifier: str) -> str:
-    return identifier.rsplit("/", 1)[-1]
+    return builtin_bedrock_id(registry_id)
 
 
 class JobService:
@@ -136,35 +133,40 @@ class JobService:
         self.fine_tuning = FineTuning(self)  # OpenAI's fine-tuning API over these jobs
 
     # -- model identifiers ---------------------------------------------------------------
-    def resolve_base(self, identifier: str) -> tuple[str, str, str, str]:
+    def resolve_base(self, identifier: str, hyperparameters: dict | None = None
+                     ) -> tuple[str, str, str, str]:
         """(what the worker trains on, base model id for ARNs, base model ARN, lineage root).
-        Accepts registry ids and ARNs, aliases, custom model names and ARNs."""
-        ident = identifier.strip()
-        if ident.startswith("arn:") and ":foundation-model/" in ident:
-            ident = _tail(ident)
+        Takes every id afinar lists (models/ids.py): registry ids and their Bedrock form,
+        aliases, custom model names, ARNs and ft: ids. An encoder base trains a classifier
+        only (hyperParameters type classify)."""
+        ident = canonical(identifier, self.settings)
+        if kind_of(ident, self.settings) == "encoder" and \
+                str((hyperparameters or {}).get("type", "")) != "classify":
+            raise InvalidRequest(
+                f"baseModelIdentifier '{identifier[:200]}' is an embedding (encoder) model: it "
+                f"trains a classifier only",
+                hint='set hyperParameters {"type": "classify"} with {"text", "label"} data, or '
+                     'use a generative base model')
         if ident in self.settings.model_aliases:
             target = self.settings.model_aliases[ident]
-            return target, slug(ident), self.arns.foundation(ident), target
-        if rid := registry_id(ident):
-            return rid, rid, self.arns.foundation(bedrock_id(rid)), rid
+            return target, slug(ident), self.arns.foundation(bedrock_model_id(ident)), target
+        if ident in BUILTIN_MODELS:
+            return ident, ident, self.arns.foundation(bedrock_id(ident)), ident
         rec = self._custom_record(ident)
         if rec is not None:
             if rec.get("model_status", "Active") != "Active":
                 raise InvalidRequest(f"baseModelIdentifier: custom model '{rec['name']}' is not "
-                                 f"Active")
+                                     f"Active")
             return rec["name"], slug(rec.get("base_model_id") or rec["name"]), \
                 self._model_arn(rec), rec["name"]
-        available = sorted(BUILTIN_MODELS) + sorted(self.settings.model_aliases) + [
-            m["name"] for m in list_custom_models(self.settings)]
         raise InvalidRequest(f"baseModelIdentifier '{identifier}' is not a known model; available: "
-                         f"{', '.join(available) or 'none'}. Map other ids to a local model "
-                         f"in the [model_aliases] table of afinar.toml")
+                             f"{', '.join(available_identifiers(self.settings)) or 'none'}. Map "
+                             f"other ids to a local model in the [model_aliases] table of "
+                             f"afinar.toml")
 
     def _custom_record(self, ident: str) -> dict | None:
+        ident = canonical(ident, self.settings)
         if ident.startswith("arn:"):
-            for rec in list_custom_models(self.settings):
-                if self._model_arn(rec) == ident:
-                    return rec
             return None
         try:
             return custom_model_record(self.settings, ident)
@@ -172,8 +174,7 @@ class JobService:
             return None
 
     def _model_arn(self, rec: dict) -> str:
-        return rec.get("arn") or self.arns.custom(rec.get("base_model") or "custom",
-                                                  short_id(rec["name"]))
+        return custom_model_arn(self.settings, rec)
 
     # -- CreateModelCustomizationJob -----------------------------------------------------
     def create_job(self, req: dict, internal: dict | None = None,
@@ -235,7 +236,8 @@ class JobService:
                                                  if ctype == RFT else
                                                  distillation_settings(req, teacher)
                                                  if teacher else None))
-        target, base_id, base_arn, _ = self.resolve_base(req["baseModelIdentifier"])
+        target, base_id, base_arn, _ = self.resolve_base(req["baseModelIdentifier"],
+                                                         req.get("hyperParameters"))
         name, model_name = req["jobName"], req["customModelName"]
         if not valid_name(model_name):
             raise InvalidRequest(f"customModelName '{model_name[:80]}' must be {NAME_RULE}")
@@ -473,8 +475,10 @@ class JobService:
         base = rec.get("base_model_id") or rec.get("base_model") or ""
         return {"modelArn": self._model_arn(rec), "modelName": rec["name"],
                 "creationTime": rec.get("created_at"),
-                "baseModelArn": rec.get("base_model_arn") or self.arns.foundation(slug(base)),
-                "baseModelName": base, "customizationType": rec.get("customization_type",
+                "baseModelArn": rec.get("base_model_arn") or
+                self.arns.foundation(bedrock_model_id(base)),
+                "baseModelName": bedrock_model_id(base),
+                "customizationType": rec.get("customization_type",
                                                                     "FINE_TUNING"),
                 "ownerAccountId": self.settings.account_id,
                 "modelStatus": rec.get("model_status", "Active")}
@@ -530,17 +534,33 @@ class JobService:
 
     # -- serving -------------------------------------------------------------------------
     def serving_id(self, model_id: str) -> str:
-        """A runtime modelId (registry or Bedrock id, foundation or custom-model ARN, alias,
-        custom model name) -> the identifier afinar's loader takes."""
-        ident = model_id.strip()
+        """A runtime modelId (any id afinar lists: models/ids.py) -> the identifier afinar's
+        loader takes."""
+        ident = canonical(model_id, self.settings)
         if ident.startswith("arn:") and ":custom-model/" in ident:
-            rec = self._custom_record(ident)
-            if rec is None:
-                raise NotFound(f"no custom model '{ident}'")
-            return rec["name"]
-        if ident.startswith("arn:") and ":foundation-model/" in ident:
-            ident = _tail(ident)
-        return registry_id(ident) or ident
+            raise NotFound(f"no custom model '{model_id}'")
+        return ident
+
+    def model_kind(self, model_id: str) -> str | None:
+        """generative | encoder | classifier for an id afinar lists (None: not known here)."""
+        return kind_of(model_id, self.settings)
+
+    def embedding_id(self, model_id: str) -> str:
+        """An embeddings request's model -> the embedding model afinar serves (the default
+        encoder, under any id afinar lists for it or an alias of it). A model of another kind
+        is refused by kind; an unknown one is NotFound."""
+        from afinar.inference.embed import DEFAULT_EMBEDDING_MODEL
+        from afinar.models.registry import check_kind
+
+        ident = canonical(model_id, self.settings)
+        target = self.settings.model_aliases.get(ident, ident)
+        e = BUILTIN_MODELS.get(DEFAULT_EMBEDDING_MODEL)
+        if target.lower() in (DEFAULT_EMBEDDING_MODEL, e.hub_id.lower(), e.name.lower()):
+            return DEFAULT_EMBEDDING_MODEL
+        if kind_of(ident, self.settings) is not None:
+            check_kind(ident, self.settings, "encoder", model_id)
+        raise NotFound(f"embedding model '{str(model_id)[:200]}' is not available; use "
+                       f"{DEFAULT_EMBEDDING_MODEL} (or map a name to it in [model_aliases])")
 
     def serving_models(self) -> list[str]:
         """What /v1/models lists: generative base models, aliases, custom models."""
@@ -551,22 +571,32 @@ class JobService:
 
     # -- foundation models ---------------------------------------------------------------
     def _foundations(self) -> dict[str, dict]:
-        """Registry models, then aliases (a cloud id mapped to a local model)."""
+        """Registry models, then aliases (a cloud id mapped to a local model), by the Bedrock
+        form of their ids (models/ids.py: what botocore's patterns take)."""
         out = {}
         for mid, e in BUILTIN_MODELS.items():
-            if e.kind == "causal-lm":  # what the customization jobs train
-                out[bedrock_id(mid)] = self._foundation(bedrock_id(mid), e.name, e.provider)
+            out[bedrock_id(mid)] = self._foundation(bedrock_id(mid), e.name, e.provider)
+            if e.kind == "encoder":  # embeddings (knowledge bases, InvokeModel, /v1)
+                out[bedrock_id(mid)].update(outputModalities=["EMBEDDING"],
+                                            customizationsSupported=["FINE_TUNING"],
+                                            responseStreamingSupported=False)
         for alias, target in sorted(self.settings.model_aliases.items()):
             e = BUILTIN_MODELS.get(target)
-            out[alias] = self._foundation(alias, f"{alias} -> {e.name if e else target}",
-                                          e.provider if e else "local")
+            mid = bedrock_model_id(alias)
+            out[mid] = self._foundation(mid, e.name if e else Path(target).name or alias,
+                                        e.provider if e else "local")
         return out
 
     def _foundation(self, mid: str, name: str, provider: str) -> dict:
-        return {"modelArn": self.arns.foundation(mid), "modelId": mid, "modelName": name,
+        # modelName and providerName: at most 20 characters (botocore's BrandedName)
+        if len(provider) > 20:  # sentence-transformers -> SentenceTransformers
+            provider = "".join(w.capitalize() for w in provider.split("-"))[:20]
+        return {"modelArn": self.arns.foundation(mid), "modelId": mid, "modelName": name[:20],
                 "providerName": provider, "inputModalities": ["TEXT"],
                 "outputModalities": ["TEXT"], "responseStreamingSupported": True,
-                "customizationsSupported": ["FINE_TUNING", "CONTINUED_PRE_TRAINING", RFT,
+                # the ModelCustomization enum has no REINFORCEMENT_FINE_TUNING (yet afinar
+                # runs it: CreateModelCustomizationJob takes it)
+                "customizationsSupported": ["FINE_TUNING", "CONTINUED_PRE_TRAINING",
                                             DISTILLATION],
                 "inferenceTypesSupported": ["ON_DEMAND"],
                 "modelLifecycle": {"status": "ACTIVE"}}
@@ -588,8 +618,7 @@ class JobService:
         return {"modelSummaries": out}
 
     def get_foundation_model(self, ident: str) -> dict:
-        mid = _tail(ident) if ident.startswith("arn:") else ident
-        mid = bedrock_id(registry_id(mid)) if registry_id(mid) else mid
+        mid = bedrock_model_id(canonical(ident, self.settings))
         found = self._foundations()
         if mid not in found:
             raise NotFound(f"no foundation model '{ident}'; available: {', '.join(found)}")

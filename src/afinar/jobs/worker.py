@@ -282,9 +282,11 @@ def _checkpoint_models(settings: Settings, jobdir: Path, rec: dict) -> None:
         target = jobdir / "checkpoint-models" / ck.name
         if not export_checkpoint(jobdir / "run", ck, target):
             return  # full fine-tuning: checkpoints are not exported as models
+        # Bedrock's custom-model ARNs end in 12 lower-case letters and digits
+        arn = f"{rec['arn'].rsplit('/', 1)[0]}/{short_id(rec['arn'] + f'-step-{step}')}"
         register_custom_model(settings, rec | {
-            "name": f"{rec['name']}-step-{step}", "model_dir": str(target),
-            "arn": f"{rec['arn']}-step-{step}", "checkpoint_of": rec["name"], "step": step,
+            "name": f"{rec['name']}-step-{step}", "model_dir": str(target), "arn": arn,
+            "checkpoint_of": rec["name"], "step": step,
             "openai_model": f"{rec['openai_model']}:ckpt-step-{step}"})
 
 

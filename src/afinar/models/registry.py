@@ -165,7 +165,10 @@ def resolve_model(identifier: str, settings: Settings,
     if not identifier or not identifier.strip():
         raise ModelNotFoundError("empty model identifier",
                                  hint=f"available: {', '.join(available_identifiers(settings))}")
+    from afinar.models.ids import canonical
+
     original = identifier
+    identifier = canonical(identifier, settings)
     seen = set()
     while identifier in settings.model_aliases and identifier not in seen:
         seen.add(identifier)
@@ -203,17 +206,21 @@ def path_under_roots(ident: str, settings: Settings) -> str | None:
     return str(rp) if any(r in rp.parents for r in roots) and rp.exists() else None
 
 
-def check_served(identifier: object, settings: Settings) -> str:
-    """A model id that arrived over HTTP, confined: a registry id, an alias, a custom model name,
-    or a path inside `allowed_roots` or the bucket root. Anything else (a path elsewhere, a hub
-    id, '../x') gets the same ModelNotFoundError whether or not it exists, so the answer says
-    nothing about the server's files and nothing reaches the network."""
-    ident = identifier.strip() if isinstance(identifier, str) else ""
-    if ident in settings.model_aliases or ident in BUILTIN_MODELS:
-        return ident
-    if valid_name(ident) and (settings.custom_models_dir / f"{ident}.json").is_file():
-        return ident
-    if ident.startswith("ft:") and custom_model_record(settings, ident) is not None:
+def check_served(identifier: object, settings: Settings, kind: str | None = None) -> str:
+    """A model id that arrived over HTTP, confined: any id afinar lists (a registry id or its
+    Bedrock form, an alias, a custom model's name, ARN or `ft:` id; models/ids.py), or a path
+    inside `allowed_roots` or the bucket root. Anything else (a path elsewhere, a hub id, '../x')
+    gets the same ModelNotFoundError whether or not it exists, so the answer says nothing about
+    the server's files and nothing reaches the network. `kind` ("generative" or "encoder"): a
+    known model of another kind is refused by name (InvalidRequest), saying which ids fit."""
+    from afinar.models.ids import canonical
+
+    ident = canonical(identifier, settings) if isinstance(identifier, str) else ""
+    if ident in settings.model_aliases or ident in BUILTIN_MODELS or (
+            valid_name(ident) and (settings.custom_models_dir / f"{ident}.json").is_file()) or (
+            ident.startswith("ft:") and custom_model_record(settings, ident) is not None):
+        if kind:
+            check_kind(ident, settings, kind, identifier)
         return ident
     if (path := path_under_roots(ident, settings)) is not None:
         return path
@@ -221,6 +228,25 @@ def check_served(identifier: object, settings: Settings) -> str:
         f"model '{str(identifier)[:200]}' is not available on this server",
         hint=f"use one of: {', '.join(available_identifiers(settings))}; other models can be "
              f"mapped in [model_aliases] or placed under allowed_roots")
+
+
+KIND_WORDS = {"generative": "a generative (text) model", "encoder": "an embedding (encoder) "
+              "model", "classifier": "a classification model"}
+
+
+def check_kind(ident: str, settings: Settings, kind: str, original: object = None) -> None:
+    """InvalidRequest when a known model is of another kind than the API needs."""
+    from afinar.errors import InvalidRequest
+    from afinar.models.ids import kind_of, listed
+
+    got = kind_of(ident, settings)
+    if got is None or got == kind:
+        return
+    fits = listed(settings, kind)
+    raise InvalidRequest(
+        f"model '{str(original or ident)[:200]}' is {KIND_WORDS[got]}; this API needs "
+        f"{KIND_WORDS[kind]}",
+        hint=f"use one of: {', '.join(fits) or 'none configured'}")
 
 
 def _from_custom_record(original: str, out: Path, rec: dict) -> ResolvedModel:

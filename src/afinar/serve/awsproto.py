@@ -178,6 +178,28 @@ def parse_timestamp(value) -> dt.datetime:
 # afinar also accepts file:// URIs and local paths (under configured roots) where Bedrock takes
 # only s3://; the storage layer checks those.
 LOCAL_STORAGE_SHAPES = {"S3Uri"}
+# Fields that name a model. Every id afinar lists (registry ids such as `smollm2-135m-instruct`,
+# aliases, custom model names, OpenAI `ft:` ids, their ARNs) is taken wherever a model is: the
+# service resolves the id and answers an unknown one with the ids it has, so Bedrock's patterns
+# (which allow only provider.model ids and 12-character ARN suffixes) are not applied to them.
+MODEL_ID_SHAPES = frozenset({
+    "BaseModelIdentifier", "EvaluationBedrockModelIdentifier", "EvaluatorModelIdentifier",
+    "TeacherModelIdentifier", "GetFoundationModelIdentifier", "ModelIdentifier", "ModelId",
+    "ModelArn", "CustomModelArn", "FoundationModelArn", "BedrockModelId", "BedrockModelArn",
+    "BedrockEmbeddingModelArn", "ConversationalModelId", "InvokeModelIdentifier",
+    "FoundationModelVersionIdentifier", "KnowledgeBaseModelIdentifier",
+    "PromptModelIdentifier"})
+# IAM roles are recorded, never assumed: any role ARN is taken, whatever its account digits
+# (the course's own snippet has 9: `arn:aws:iam::123456789:role/BedrockRole`).
+ROLE_ARN = r"arn:aws(-[^:]+)?:iam::[0-9]*:role/.+"
+
+
+def _shape_pattern(shape: Shape) -> str | None:
+    if shape.name in LOCAL_STORAGE_SHAPES or shape.name in MODEL_ID_SHAPES:
+        return None
+    if shape.name.endswith("RoleArn") or shape.name == "RoleArn":
+        return ROLE_ARN
+    return shape.metadata.get("pattern")
 
 
 def validate(shape: Shape, value, path: str) -> None:
@@ -223,8 +245,8 @@ def validate(shape: Shape, value, path: str) -> None:
         enum = shape.metadata.get("enum")
         if enum and value not in enum:
             raise validation(f"'{where}' must be one of {', '.join(enum)}; got '{value}'")
-        pattern = shape.metadata.get("pattern")
-        if pattern and shape.name not in LOCAL_STORAGE_SHAPES and value and not _pattern(pattern).fullmatch(value):
+        pattern = _shape_pattern(shape)
+        if pattern and value and not _pattern(pattern).fullmatch(value):
             raise validation(f"'{where}' value '{value[:200]}' does not match the pattern "
                              f"{pattern}")
         return

@@ -98,8 +98,13 @@ class KnowledgeService:
 
     # -- knowledge bases -------------------------------------------------------------------
     def embedding_model(self, arn: str) -> str:
-        tail = arn.rsplit("/", 1)[-1] if arn.startswith("arn:") else arn
-        for cand in (arn, tail):
+        from afinar.models.ids import canonical
+        from afinar.models.registry import check_kind
+
+        ident = canonical(arn, self.settings)
+        check_kind(ident, self.settings, "encoder", arn)
+        tail = ident.rsplit("/", 1)[-1] if ident.startswith("arn:") else ident
+        for cand in (ident, tail):
             if cand in self.settings.model_aliases:
                 return self.settings.model_aliases[cand]
         if tail.startswith(HOSTED_EMBEDDINGS):

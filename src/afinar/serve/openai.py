@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from afinar import jsonutil
 from afinar.data.chat import request_conversation
 from afinar.data.tools import CallStream, openai_calls
-from afinar.errors import AfinarError
+from afinar.errors import AfinarError, InvalidRequest, NotFound
 from afinar.inference.requests import (
     GenRequest,
 )
@@ -269,10 +269,11 @@ def _call_chunks(chunk, index: int, call: dict):
         "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}]})
 
 
-def router(get_engine, list_models, get_embedder, aliases: dict | None = None,
-           invocation_log=None) -> APIRouter:
+def router(get_engine, list_models, get_embedder, embedding_id, invocation_log=None
+           ) -> APIRouter:
+    """`embedding_id`: an embeddings request's model -> the served embedding model, or
+    NotFound / InvalidRequest (a model of another kind)."""
     r = APIRouter(prefix="/v1")
-    aliases = aliases or {}
 
     def record(chat: bool, body: dict, reqs: list[GenRequest], out: dict) -> None:
         """The call in the invocation log (inference/invocation_log.py), when it is on."""
@@ -378,11 +379,12 @@ def router(get_engine, list_models, get_embedder, aliases: dict | None = None,
         try:
             body = await _body(request)
             texts = _embedding_input(body)
-            model = aliases.get(body["model"], body["model"])
-            if model not in EMBEDDING_NAMES:
-                raise BadRequest(f"embedding model '{body['model']}' is not available; use "
-                                 f"{EMBEDDING_MODEL} (or map a name to it in [model_aliases])",
-                                 "model", 404, "model_not_found")
+            try:
+                await run_in_threadpool(embedding_id, str(body["model"]))
+            except NotFound as e:
+                raise BadRequest(e.message, "model", 404, "model_not_found") from None
+            except InvalidRequest as e:
+                raise BadRequest(str(e).replace("\n  hint: ", "; "), "model") from None
             if body.get("dimensions") not in (None, 384):
                 raise BadRequest(f"'dimensions' {body['dimensions']} is not supported: "
                                  f"{EMBEDDING_MODEL} has 384 dimensions and cannot be shortened",

@@ -38,9 +38,11 @@ REQUEST_TIMEOUT_S = 600
 
 
 class Runtime:
-    def __init__(self, engine, resolve_model_id, get_embedder=None, log=None):
+    def __init__(self, engine, resolve_model_id, get_embedder=None, log=None,
+                 model_kind=lambda _m: None):
         self.engine = engine
         self.resolve_model_id = resolve_model_id  # Bedrock id/ARN -> afinar model identifier
+        self.model_kind = model_kind  # model id -> generative | encoder | classifier | None
         self.get_embedder = get_embedder  # Titan embeddings bodies
         self.log = log  # inference/invocation_log.py: off unless configured
 
@@ -140,13 +142,19 @@ class Runtime:
         """(the body family, the submitted request) of an InvokeModel call."""
         body = _json_body(p)
         family = invoke_bodies.provider(p["modelId"])
-        if family == "titan-embed":
+        if self._embeds(p["modelId"]):
             raise validation("this is an embedding model: call InvokeModel (not the streaming "
                              "operation) with {\"inputText\"}")
         return family, self._submit(p["modelId"], **invoke_bodies.request(family, body))
 
+    def _embeds(self, model_id: str) -> bool:
+        """Titan embedding ids, and any id of the embedding model afinar serves: their
+        InvokeModel body is Titan's embeddings body."""
+        return invoke_bodies.provider(model_id) == "titan-embed" or \
+            self.model_kind(model_id) == "encoder"
+
     def invoke(self, p: dict) -> bytes:
-        if invoke_bodies.provider(p["modelId"]) == "titan-embed":
+        if self._embeds(p["modelId"]):
             out = self._titan_embed(_json_body(p))
             self._record("InvokeModel", p, _json_body(p), out, embedding=True,
                          tokens=out["inputTextTokenCount"])

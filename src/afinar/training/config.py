@@ -49,7 +49,8 @@ MAX_REQUEST_SETTINGS = 64
 MAX_SETTING_CHARS = 256
 # Settings that default to "auto": chosen from the data and the model when the run starts
 # (afinar/training/auto.py), each with its reason, unless given.
-AUTO_FIELDS = ("epochs", "batch_size", "learning_rate", "lora_r", "lora_alpha", "lora_layers")
+AUTO_FIELDS = ("epochs", "batch_size", "learning_rate", "lora_r", "lora_alpha", "lora_layers",
+               "max_length")
 Auto = Literal["auto"]
 Epochs = Annotated[int, Field(ge=1, le=10)] | Auto
 BatchSize = Annotated[int, Field(ge=1, le=64)] | Auto
@@ -57,6 +58,7 @@ LearningRate = Annotated[float, Field(gt=0, le=1)] | Auto
 LoraRank = Annotated[int, Field(ge=1, le=512)] | Auto
 LoraAlpha = Annotated[int, Field(ge=1, le=4096)] | Auto
 LoraLayers = Annotated[int, Field(ge=1)] | Auto | None
+MaxLength = Annotated[int, Field(ge=8, le=32768)] | Auto
 
 
 class TrainConfig(BaseModel):
@@ -159,8 +161,12 @@ class TrainConfig(BaseModel):
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
         "linear", description="Decay after warm-up.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
-    max_length: int = Field(512, ge=8, le=32768,
-                            description="Longest sequence in tokens; longer ones are truncated.")
+    max_length: MaxLength = Field(
+        "auto", description="Longest sequence in tokens (8-32768); auto: the longest "
+        "example's length (sft, distill; rounded up to 64, within the model's context, the "
+        "memory and 8192), 512 for the other types. A longer example loses the middle of its "
+        "prompt, never its answer; one whose last answer alone is longer is left out and "
+        "named.")
     grad_accum: int = Field(1, ge=1, le=256, description="Gradient accumulation steps.")
     lora_r: LoraRank = Field("auto", description="LoRA rank; auto: 16.")
     lora_alpha: LoraAlpha = Field("auto", description="LoRA alpha (scale = alpha / r); auto: 2 x r.")

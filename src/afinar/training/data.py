@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from afinar.data.length import FitReport, fit, last_answer_tokens
 from afinar.data.readers import read_records
-from afinar.data.schema import SUPERVISED, UNLABELLED, normalize
+from afinar.data.schema import SUPERVISED, UNLABELLED, Example, normalize
 from afinar.data.tokenize import IGNORE_INDEX, Encoded, encode_example
 from afinar.errors import DataError
 
@@ -20,6 +21,8 @@ class PreparedData:
     truncated: int = 0
     dropped_no_target: int = 0
     warnings: list[str] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)  # aligned with `encoded`
+    fit: FitReport | None = None  # how the examples were fitted to max_length
 
     @property
     def n_tokens(self) -> int:
@@ -66,8 +69,11 @@ def finish(out: PreparedData, role: str, max_length: int, unit: str = "example"
     return out
 
 
-def prepare(path: str, tokenizer, max_length: int, skip_invalid: bool = False,
+def prepare(path: str, tokenizer, max_length: int | None, skip_invalid: bool = False,
             role: str = "training") -> PreparedData:
+    """Read, check and tokenize supervised data whole; with `max_length`, fit it
+    (`fit_length`: the prompt is cut before the answer, data/length.py). None leaves the
+    examples whole, for a length chosen from them."""
     read, norm = read_checked(
         path, SUPERVISED | UNLABELLED, skip_invalid, role,
         lambda schema: "preference pairs train with type dpo: afinar train --type dpo, or "
@@ -76,11 +82,38 @@ def prepare(path: str, tokenizer, max_length: int, skip_invalid: bool = False,
     out = PreparedData(path, norm.schema, [], len(read.records),
                        skipped_invalid=len(norm.issues))
     for ex in norm.examples:
-        enc = encode_example(tokenizer, ex, max_length)
-        if enc.truncated:
-            out.truncated += 1
+        enc = encode_example(tokenizer, ex, 10**9)
         if all(t == IGNORE_INDEX for t in enc.labels[1:]):
             out.dropped_no_target += 1
             continue
         out.encoded.append(enc)
-    return finish(out, role, max_length)
+        out.examples.append(ex)
+    if max_length is None:
+        return out
+    return fit_length(out, max_length, role)
+
+
+def fit_length(out: PreparedData, max_length: int, role: str = "training") -> PreparedData:
+    """Every example within `max_length` (data/length.py: the prompt cut, the earliest turns
+    dropped, or, when its last answer alone is longer, the example left out and named)."""
+    kept_enc, kept_ex = [], []
+    rep = FitReport(max_length, examples=len(out.encoded))
+    for enc, ex in zip(out.encoded, out.examples or [None] * len(out.encoded), strict=True):
+        got, how = fit(enc, max_length)
+        rep.count(how, enc.line, last_answer_tokens(enc) if how == "dropped" else 0)
+        if got is not None:
+            kept_enc.append(got)
+            kept_ex.append(ex)
+    out.encoded = kept_enc
+    out.examples = kept_ex if out.examples else []
+    out.fit = rep
+    out.truncated = rep.prompt_cut + rep.turns_cut
+    out.dropped_no_target += len(rep.dropped_lines)
+    if rep.describe(role):
+        out.warnings.append(rep.describe(role))
+    if not out.encoded:
+        raise DataError(f"{out.path}: no {role} examples left: every answer is longer than "
+                        f"max_length={max_length} tokens",
+                        hint=f"raise --max-length above {rep.longest_answer} (or leave it "
+                             f"auto)")
+    return out

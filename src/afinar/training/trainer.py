@@ -233,6 +233,9 @@ def _fully_shard(root: torch.nn.Module, model: torch.nn.Module) -> None:
     fully_shard(root)
 
 
+DEFAULT_MAX_LENGTH = 512
+
+
 def _lengths(data) -> list[int]:
     return data.lengths() if isinstance(data, Corpus) else [len(e) for e in data.encoded]
 
@@ -314,6 +317,9 @@ class Trainer:
             data, encoded=[data.encoded[i] for i in sorted(held)], warnings=[])
         self.train = dataclasses.replace(
             data, encoded=[e for i, e in enumerate(data.encoded) if i not in held])
+        if len(getattr(data, "examples", ())) == n_all:  # kept aligned with the encodings
+            self.valid.examples = [data.examples[i] for i in sorted(held)]
+            self.train.examples = [e for i, e in enumerate(data.examples) if i not in held]
         self.warnings.append(
             f"no validation data: held out {n} of {n_all} training examples "
             f"(validation_split={cfg.validation_split}) to validate on during training"
@@ -329,10 +335,42 @@ class Trainer:
                           self.accel.num_processes, validated=self.valid is not None)
         base = self.resolved.base if self.resolved.kind == "adapter" else self.resolved.path
         self.cfg, self.auto = resolve(self.cfg, stats, model_parameters(base))
+        self.auto = self.length_auto | self.auto
         if self.auto:
             self.progress(ProgressEvent("auto", 0, None, message=describe(self.auto)))
 
+    def _fixed_length(self) -> None:
+        """max_length auto for the types that do not measure their data: 512."""
+        self.length_auto: dict[str, dict] = {}
+        if self.cfg.max_length == "auto" and self.cfg.type not in ("sft", "distill"):
+            self.cfg = self.cfg.model_copy(update={"max_length": DEFAULT_MAX_LENGTH})
+            self.length_auto["max_length"] = {
+                "value": DEFAULT_MAX_LENGTH,
+                "reason": f"type {self.cfg.type}: {DEFAULT_MAX_LENGTH} tokens"}
+
+    def _fit_lengths(self) -> None:
+        """sft/distill: the examples were tokenized whole; max_length auto is chosen from
+        them (data/length.py), then every example is fitted to it."""
+        from afinar.data.length import choose_max_length, model_limits
+        from afinar.training.data import fit_length
+
+        cfg = self.cfg
+        if cfg.max_length == "auto":
+            lengths = [len(e) for e in self.train.encoded] + (
+                [len(e) for e in self.valid.encoded] if self.valid else [])
+            r = self.resolved
+            context, budget = model_limits(r.base if r.kind == "adapter" else r.path,
+                                           self.device)
+            choice = choose_max_length(lengths, context, budget)
+            self.cfg = cfg = cfg.model_copy(update={"max_length": choice.max_length})
+            self.length_auto["max_length"] = {"value": choice.max_length,
+                                              "reason": choice.reason}
+        self.train = fit_length(self.train, cfg.max_length)
+        if self.valid is not None:
+            self.valid = fit_length(self.valid, cfg.max_length, role="validation")
+
     def prepare(self, resume: bool = False):
+        self._fixed_length()
         cfg = self.cfg
         check_quantize(cfg, self.device)
         self.resume_from = self._check_output_dir(resume)
@@ -383,11 +421,13 @@ class Trainer:
                                             cfg.max_length, tokens, role="validation")
         else:  # sft; distill: on the teacher's answers
             data = self._distilled if cfg.type == "distill" else lambda path, _role: path
-            self.train = prepare(data(cfg.train_data, "training"), self.tokenizer,
-                                 cfg.max_length, cfg.skip_invalid)
+            self.train = prepare(data(cfg.train_data, "training"), self.tokenizer, None,
+                                 cfg.skip_invalid)
             if cfg.validation_data:
                 self.valid = prepare(data(cfg.validation_data, "validation"), self.tokenizer,
-                                     cfg.max_length, cfg.skip_invalid, role="validation")
+                                     None, cfg.skip_invalid, role="validation")
+            self._fit_lengths()
+            cfg = self.cfg
         if self.valid is None and cfg.type != "cpt":
             self._hold_out()
         self.gen_sample = self._structured_sample()
