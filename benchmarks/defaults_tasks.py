@@ -305,10 +305,10 @@ def multi_tool(n: int, rng: random.Random, held_out: bool) -> list[dict]:
     rows = []
     for _ in range(n):
         kind = rng.randrange(7)
-        if kind == 6:  # no tool: a plain answer
+        if kind == 6:  # no tool: a plain answer (held out: a phrasing training never shows)
             answer, asks = rng.choice(list(NO_TOOL.items()))
             rows.append({"tools": MULTI_TOOLS, "messages": [
-                {"role": "user", "content": rng.choice(asks)},
+                {"role": "user", "content": asks[3] if held_out else rng.choice(asks[:3])},
                 {"role": "assistant", "content": answer}]})
             continue
         if kind == 0:

@@ -86,3 +86,31 @@ def test_entry_point_and_help():
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "afinar.cli.main"]
     r = subprocess.run(cmd + ["train", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--epochCount" in r.stdout and "--learning-rate" in r.stdout
+
+
+def test_flags_are_kebab_case_and_api_spellings_are_exact_aliases():
+    """One convention: every flag of every command is kebab-case; Bedrock's spellings
+    (--epochCount, --trainingSamplePerPrompt) are aliases that take no part in prefix
+    matching, so `--train` still means --train-data."""
+    import argparse
+    import re
+
+    from afinar.cli.main import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["train", "--train", "x.jsonl", "--validation-d", "v.jsonl", "--epochCount", "3",
+                      "--batchSize=4", "--trainingSamplePerPrompt", "8", "--type", "rft"])
+    assert (a.train_data, a.validation_data, a.epochs, a.batch_size,
+            str(a.samples_per_prompt)) == ("x.jsonl", "v.jsonl", "3", "4", "8")
+    bad = []
+
+    def walk(parser, path):
+        for act in parser._actions:
+            if isinstance(act, argparse._SubParsersAction):
+                for name, sp in act.choices.items():
+                    walk(sp, f"{path} {name}")
+            for s in act.option_strings:
+                if not re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)*|-[a-zA-Z]", s):
+                    bad.append(f"{path}: {s}")
+    walk(p, "afinar")
+    assert not bad, bad

@@ -41,6 +41,8 @@ def test_runner_trains_and_evaluates_through_the_cli(tmp_path, tiny_model_dir, c
                  "24", "--test", "4", "--set", "epochs=1", "--set", "precision=fp32",
                  "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "results.json").read_text())
-    assert [r["task"] for r in res] == ["date_format"] and res[0]["steps"] == 3
+    # 24 examples and a variant of each with re-sampled years and days (value_variants
+    # auto): 6 steps of 8
+    assert [r["task"] for r in res] == ["date_format"] and res[0]["steps"] == 6
     assert 0 <= res[0]["base"] <= 1 and 0 <= res[0]["tuned"] <= 1
     assert "| date_format |" in capsys.readouterr().out

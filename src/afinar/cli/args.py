@@ -19,20 +19,45 @@ def _base_type(ann: Any) -> Any:
     return ann
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with API spellings as exact aliases: `--epochCount 3` is `--epochs 3`, but an
+    alias takes no part in prefix matching, so adding one never makes a kebab-case prefix
+    (`--train` for `--train-data`) ambiguous. Subparsers are of this class too."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.exact_aliases: dict[str, str] = {}
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args is not None and self.exact_aliases:
+            args = [self._spelled(a) for a in args]
+        return super().parse_known_args(args, namespace)
+
+    def _spelled(self, arg: str) -> str:
+        flag, eq, value = arg.partition("=")
+        return self.exact_aliases[flag] + eq + value if flag in self.exact_aliases else arg
+
+
 def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel],
                     aliases: dict[str, str] | None = None, positional: tuple[str, ...] = ()
                     ) -> None:
     """One --flag per field (dest = field name); defaults are left to the model (None here),
-    so flags only override what a config file says."""
+    so flags only override what a config file says. `aliases` (API spelling -> field) become
+    exact aliases of the kebab-case flag (with a `Parser`), not flags of their own."""
     rev = {v: k for k, v in (aliases or {}).items()}
     for name, f in model.model_fields.items():
         ann = _base_type(f.annotation)
         flags = [f"--{name.replace('_', '-')}"]
+        alias_note = ""
         if name in rev:
-            flags.append(f"--{rev[name]}")
+            if isinstance(parser, Parser):
+                parser.exact_aliases[f"--{rev[name]}"] = flags[0]
+                alias_note = f" (also --{rev[name]})"
+            else:
+                flags.append(f"--{rev[name]}")
         default = f.default if f.default is not None and not f.is_required() else None
-        help_ = ((f.description or "") + (f" [default: {default}]" if default is not None
-                                          else "")).replace("%", "%%")
+        help_ = ((f.description or "") + alias_note + (
+            f" [default: {default}]" if default is not None else "")).replace("%", "%%")
         kw: dict[str, Any] = {"dest": name, "default": None, "help": help_}
         if ann is bool:
             parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)

@@ -9,12 +9,13 @@ import sys
 
 from afinar import __version__
 from afinar.cli import commands, guide_commands, kb_commands, service_commands
+from afinar.cli.args import Parser
 from afinar.cli.render import err
 from afinar.errors import AfinarError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="afinar", description="Self-hosted model customization: "
+    p = Parser(prog="afinar", description="Self-hosted model customization: "
                                 "data checks, fine-tuning, continued pre-training, "
                                 "classification, evaluation and serving.")
     p.add_argument("--version", action="version", version=f"afinar {__version__}")

@@ -65,6 +65,7 @@ class AugmentReport:
     examples: int  # examples looked at
     with_values: int  # of them, with at least one value to re-sample
     variants: int  # variants made
+    computed: int = 0  # examples whose answer computes a value from the prompt
     words: Counter = field(default_factory=Counter)  # word slots by relation
     numbers: Counter = field(default_factory=Counter)  # number slots by relation
 
@@ -75,12 +76,13 @@ class AugmentReport:
     def describe(self) -> str:
         kinds = [f"{n} {k}" for k, n in (self.words + self.numbers).most_common(6)]
         return (f"{self.with_values} of {self.examples} examples hand values from the prompt to "
-                f"the answer ({', '.join(kinds) or 'none'}); {self.variants} variants with "
-                f"new values added")
+                f"the answer ({', '.join(kinds) or 'none'}"
+                + (f"; {self.computed} compute one" if self.computed else "")
+                + f"): {self.variants} variants with new values added")
 
     def to_dict(self) -> dict:
         return {"examples": self.examples, "with_values": self.with_values,
-                "variants": self.variants, "words": dict(self.words),
+                "computed": self.computed, "variants": self.variants, "words": dict(self.words),
                 "numbers": dict(self.numbers)}
 
 
@@ -457,19 +459,30 @@ def _separators(text: str) -> tuple[str, str]:
     return (",", ":") if compact else (", ", ": ")
 
 
-def resample_values(examples: list[Example], seed: int, copies: int = 1
+def computed(slots: list[Slot]) -> bool:
+    """Whether an answer computes a value from the prompt (a unit conversion, a sum) rather
+    than copying it: harder to learn, so such examples get more variants."""
+    return any(s.kind == "number" and (s.relations[0][0] == "sum" or (
+        s.relations[0][0] == "scale" and s.relations[0][1] != 1)) for s in slots)
+
+
+def resample_values(examples: list[Example], seed: int, copies: int = 1,
+                    computed_copies: int | None = None
                     ) -> tuple[list[Example], AugmentReport]:
     """`copies` variants of every example that hands values from its prompt to its answer
-    (deterministic for a seed), and what was found."""
+    (`computed_copies` of one that computes a value from them; default the same),
+    deterministic for a seed, and what was found."""
     slots, report = _plan(examples)
     rng = random.Random(seed * 1_000_003 + 17)
     out = []
-    for _ in range(copies):
+    most = max(copies, computed_copies or copies)
+    for k in range(most):
         for ex, s in zip(examples, slots, strict=True):
-            if not s:
+            if not s or k >= (computed_copies or copies if computed(s) else copies):
                 continue
             v = variant(ex, s, rng)
             if v is not None:
                 out.append(v)
     report.variants = len(out)
+    report.computed = sum(1 for s in slots if s and computed(s))
     return out, report

@@ -50,7 +50,7 @@ MAX_SETTING_CHARS = 256
 # Settings that default to "auto": chosen from the data and the model when the run starts
 # (afinar/training/auto.py), each with its reason, unless given.
 AUTO_FIELDS = ("epochs", "batch_size", "learning_rate", "lora_r", "lora_alpha", "lora_layers",
-               "max_length")
+               "max_length", "value_variants")
 Auto = Literal["auto"]
 Epochs = Annotated[int, Field(ge=1, le=10)] | Auto
 BatchSize = Annotated[int, Field(ge=1, le=64)] | Auto
@@ -59,6 +59,7 @@ LoraRank = Annotated[int, Field(ge=1, le=512)] | Auto
 LoraAlpha = Annotated[int, Field(ge=1, le=4096)] | Auto
 LoraLayers = Annotated[int, Field(ge=1)] | Auto | None
 MaxLength = Annotated[int, Field(ge=8, le=32768)] | Auto
+ValueVariants = Annotated[int, Field(ge=0, le=8)] | Auto
 
 
 class TrainConfig(BaseModel):
@@ -168,6 +169,14 @@ class TrainConfig(BaseModel):
         "prompt, never its answer; one whose last answer alone is longer is left out and "
         "named.")
     grad_accum: int = Field(1, ge=1, le=256, description="Gradient accumulation steps.")
+    value_variants: ValueVariants = Field(
+        "auto", description="sft: extra training variants of each example whose prompt hands "
+        "values to its answer (names, ids, codes, amounts, counts), with those values replaced "
+        "by new ones, so the model learns to copy or convert what the prompt says instead of "
+        "recalling training's values (data/augment.py); three times as many where the answer "
+        "computes a value (a unit conversion, a sum). 0: none; auto: 1 when at least a fifth "
+        "of the examples hand values, else 0. Validation's exact match then uses such variants "
+        "of the held-out examples: values never seen.")
     lora_r: LoraRank = Field("auto", description="LoRA rank; auto: 16.")
     lora_alpha: LoraAlpha = Field("auto", description="LoRA alpha (scale = alpha / r); auto: 2 x r.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
@@ -287,9 +296,10 @@ class TrainConfig(BaseModel):
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the original."""
-        keys = ("type", "scratch_size", "tokenizer", "vocab_size", "train_data", "base_model", "method", "quantize", "epochs", "batch_size", "grad_accum",
-                "lora_r", "lora_alpha", "lora_targets", "lora_layers", "seed", "max_length", "grouping",
-                "max_steps")
+        keys = ("type", "scratch_size", "tokenizer", "vocab_size", "train_data", "base_model",
+                "method", "quantize", "epochs", "batch_size", "grad_accum", "lora_r",
+                "lora_alpha", "lora_targets", "lora_layers", "seed", "max_length", "grouping",
+                "max_steps", "value_variants")
         d = {k: getattr(self, k) for k in keys}
         d["train_data"] = str(Path(self.train_data).resolve())
         d["learning_rate"] = self.lr

@@ -37,7 +37,8 @@ from afinar.training.metrics import MetricsWriter, perplexity
 
 HOLD_OUT_MIN_EXAMPLES = 100  # fewer: every example is needed for training
 HOLD_OUT_MAX = 200
-GEN_SAMPLE = 16  # validation examples answered by generation when answers are JSON
+GEN_SAMPLE = 16  # validation examples answered by generation when answers are short
+SAMPLE_ANSWER_TOKENS = 96
 
 
 @dataclass
@@ -234,6 +235,11 @@ def _fully_shard(root: torch.nn.Module, model: torch.nn.Module) -> None:
 
 
 DEFAULT_MAX_LENGTH = 512
+# value_variants auto: variants only when at least this share of the examples hand values
+AUTO_VARIANTS_SHARE = 0.2
+# an answer that computes a value from the prompt (a conversion, a sum) gets this many times
+# the variants of one that copies: measured on the suite's chat_memory and tool_call
+COMPUTED_FACTOR = 3
 
 
 def _lengths(data) -> list[int]:
@@ -335,18 +341,68 @@ class Trainer:
                           self.accel.num_processes, validated=self.valid is not None)
         base = self.resolved.base if self.resolved.kind == "adapter" else self.resolved.path
         self.cfg, self.auto = resolve(self.cfg, stats, model_parameters(base))
-        self.auto = self.length_auto | self.auto
+        self.auto = self.data_auto | self.auto
         if self.auto:
             self.progress(ProgressEvent("auto", 0, None, message=describe(self.auto)))
 
-    def _fixed_length(self) -> None:
-        """max_length auto for the types that do not measure their data: 512."""
-        self.length_auto: dict[str, dict] = {}
-        if self.cfg.max_length == "auto" and self.cfg.type not in ("sft", "distill"):
+    def _fixed_auto(self) -> None:
+        """The data-driven settings of the types that do not measure their data: max_length
+        512, no value variants."""
+        self.data_auto: dict[str, dict] = {}
+        self.variant_sample: list = []  # validation examples with re-sampled values
+        if self.cfg.type in ("sft", "distill"):
+            return
+        if self.cfg.max_length == "auto":
             self.cfg = self.cfg.model_copy(update={"max_length": DEFAULT_MAX_LENGTH})
-            self.length_auto["max_length"] = {
+            self.data_auto["max_length"] = {
                 "value": DEFAULT_MAX_LENGTH,
                 "reason": f"type {self.cfg.type}: {DEFAULT_MAX_LENGTH} tokens"}
+        if self.cfg.value_variants == "auto":
+            self.cfg = self.cfg.model_copy(update={"value_variants": 0})
+
+    def _resample_values(self) -> None:
+        """sft/distill: variants of the training examples whose prompts hand values to their
+        answers, with new values (data/augment.py); value_variants auto: 1 each (3 where the
+        answer computes a value) when a fifth of the examples hand values."""
+        from afinar.data.augment import resample_values
+        from afinar.data.length import fit
+        from afinar.data.tokenize import encode_example
+
+        cfg, exs = self.cfg, self.train.examples
+        n = cfg.value_variants
+        if n == 0 or not exs or None in exs:
+            self.cfg = cfg.model_copy(update={"value_variants": 0})
+            return
+        copies = 1 if n == "auto" else n
+        computed = COMPUTED_FACTOR * copies
+        variants, rep = resample_values(exs, cfg.seed, copies, computed)
+        self.augment = rep.to_dict()
+        if n == "auto" and rep.share < AUTO_VARIANTS_SHARE:
+            self.cfg = cfg.model_copy(update={"value_variants": 0})
+            self.data_auto["value_variants"] = {"value": 0, "reason": (
+                f"{rep.with_values} of {rep.examples} examples hand values from the prompt to "
+                f"the answer (fewer than {AUTO_VARIANTS_SHARE:.0%}): no variants")}
+            return
+        if n == "auto":
+            self.cfg = cfg.model_copy(update={"value_variants": 1})
+            self.data_auto["value_variants"] = {"value": 1, "reason": rep.describe() + (
+                f" ({COMPUTED_FACTOR} each for those)" if rep.computed else "")}
+        added = 0
+        for v in variants:
+            enc, how = fit(encode_example(self.tokenizer, v, 10**9), self.cfg.max_length)
+            if enc is not None:
+                self.train.encoded.append(enc)
+                self.train.examples.append(v)
+                added += 1
+        self.progress(ProgressEvent("data", 0, None, message=f"value re-sampling: "
+                                    f"{rep.describe()}"))
+        if self.valid is not None and len(self.valid.examples) == len(self.valid.encoded):
+            # what validation's exact match asks: held-out examples with values never seen
+            vv, _ = resample_values(self.valid.examples, cfg.seed + 1, 1, 1)
+            for v in vv[:GEN_SAMPLE]:
+                enc, _how = fit(encode_example(self.tokenizer, v, 10**9), self.cfg.max_length)
+                if enc is not None:
+                    self.variant_sample.append(enc)
 
     def _fit_lengths(self) -> None:
         """sft/distill: the examples were tokenized whole; max_length auto is chosen from
@@ -363,14 +419,14 @@ class Trainer:
                                            self.device)
             choice = choose_max_length(lengths, context, budget)
             self.cfg = cfg = cfg.model_copy(update={"max_length": choice.max_length})
-            self.length_auto["max_length"] = {"value": choice.max_length,
-                                              "reason": choice.reason}
+            self.data_auto["max_length"] = {"value": choice.max_length,
+                                            "reason": choice.reason}
         self.train = fit_length(self.train, cfg.max_length)
         if self.valid is not None:
             self.valid = fit_length(self.valid, cfg.max_length, role="validation")
 
     def prepare(self, resume: bool = False):
-        self._fixed_length()
+        self._fixed_auto()
         cfg = self.cfg
         check_quantize(cfg, self.device)
         self.resume_from = self._check_output_dir(resume)
@@ -430,6 +486,8 @@ class Trainer:
             cfg = self.cfg
         if self.valid is None and cfg.type != "cpt":
             self._hold_out()
+        if cfg.type in ("sft", "distill"):
+            self._resample_values()
         self.gen_sample = self._structured_sample()
         self.warnings += self.train.warnings + (self.valid.warnings if self.valid else [])
         self._choose_auto()
@@ -593,28 +651,28 @@ class Trainer:
         return {"validation_loss": -mean, "mean_reward": mean}
 
     def _structured_sample(self) -> list[tuple[list[int], str]]:
-        """Up to GEN_SAMPLE validation examples whose answers are JSON (structured outputs):
-        (prompt ids, reference text). Empty otherwise, or where generation during training
-        is not cheap (several processes)."""
+        """Up to GEN_SAMPLE validation examples with short answers (JSON, tool calls, labels,
+        numbers: at most SAMPLE_ANSWER_TOKENS), answered by generation at each validation:
+        (prompt ids, reference text). With value variants, the held-out examples with
+        re-sampled values (what the model has never seen). Empty for long free-text answers,
+        or where generation during training is not cheap (several processes)."""
         from afinar.data.tokenize import IGNORE_INDEX
-        from afinar.eval.metrics import parse_json
 
         if self.cfg.type not in ("sft", "distill") or self.valid is None or \
                 self.accel.num_processes > 1:
             return []
         out = []
-        for e in self.valid.encoded[:GEN_SAMPLE]:
+        for e in (self.variant_sample or self.valid.encoded)[:GEN_SAMPLE]:
             lab = [i for i, x in enumerate(e.labels) if x != IGNORE_INDEX]
             if not lab:
                 continue
             start = lab[-1]  # the last answer: its labelled run, back to its first token
             while start - 1 in lab:
                 start -= 1
+            if lab[-1] + 1 - start > SAMPLE_ANSWER_TOKENS:
+                return []
             ref = self.tokenizer.decode(e.input_ids[start:lab[-1] + 1],
                                         skip_special_tokens=True).strip()
-            ok, val = parse_json(ref)
-            if not ok or not isinstance(val, (dict, list)):
-                return []
             out.append((e.input_ids[:start], ref))
         return out
 
@@ -670,6 +728,8 @@ class Trainer:
         if main:
             (self.out / "inputs.json").write_text(_json({"config": cfg.model_dump(),
                                                          "auto": self.auto,
+                                                         "value_variants": getattr(
+                                                             self, "augment", None),
                                                          "train": self.train.summary(),
                                                          "validation": self.valid.summary()
                                                          if self.valid else None}))

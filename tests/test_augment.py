@@ -1,0 +1,104 @@
+"""Value re-sampling (data/augment.py): which values of a prompt reach its answer, how a
+variant replaces them (copies, case changes, unit conversions, sums), what is never touched
+(constants of the answers, instructions, tool and key names), and the trainer's use of it."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from afinar.data.augment import find_slots, new_number, new_word, resample_values
+from afinar.data.schema import Example
+
+
+def _ex(user: str, answer, line: int = 1, system: str | None = None, tools=None) -> Example:
+    msgs = [{"role": "system", "content": system}] if system else []
+    msgs.append({"role": "user", "content": user})
+    if isinstance(answer, dict) and "name" in answer and "arguments" in answer:
+        msgs.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "name": answer["name"], "arguments": answer["arguments"]}]})
+    else:
+        msgs.append({"role": "assistant", "content": answer if isinstance(answer, str)
+                     else json.dumps(answer)})
+    return Example(line, "messages", msgs, tools=tools)
+
+
+def _stripe(i: int, rng: random.Random) -> Example:
+    cus = f"cus_{rng.choice(['A1b2', 'Zz90', 'k3LmQ'])}{i}"
+    amount = rng.choice([12, 99, 250, 31])
+    cur = rng.choice(["EUR", "USD", "GBP"])
+    name = rng.choice(["Ana Lopez", "Ivo Berg", "Lea Costa", "Omar Silva"])
+    return _ex(f"Charge {amount} {cur} to {cus} for {name}", {
+        "api": "/v1/charges", "customer": cus, "amount_cents": amount * 100,
+        "currency": cur.lower(), "name": name}, line=i + 1,
+        system="Answer with JSON for the Payments API.")
+
+
+def test_slots_found_by_relation():
+    slots = {(s.value, s.relations[0][0], s.relations[0][1])
+             for s in find_slots(_stripe(3, random.Random(0)))}
+    got = {v: (rel, arg) for v, rel, arg in slots}
+    assert sum(rel == "copy" for rel, _ in got.values()) >= 3  # first and last name, the id
+    cur = next(v for v in got if v in ("EUR", "USD", "GBP"))
+    assert got[cur] == ("lower", None)  # EUR -> "eur"
+    amount = next(v for v in got if v.isdigit())
+    assert got[amount] == ("scale", 100)  # 99 -> 9900 cents
+    assert any(v.startswith("cus_") for v in got)
+    # the sum of two numbers of the prompt
+    s = find_slots(_ex("I had 41 chairs and bought 7 more. How many now?", "48"))
+    assert {(x.value, x.relations[0][0]) for x in s} == {("41", "sum"), ("7", "sum")}
+
+
+def test_variants_replace_values_everywhere_with_their_relation():
+    rng = random.Random(1)
+    exs = [_stripe(i, rng) for i in range(40)]
+    variants, rep = resample_values(exs, seed=5)
+    assert rep.with_values == 40 and len(variants) == 40
+    assert rep.numbers["number:scalex100"] == 40 and rep.words["word:lower"] == 40
+    for ex, v in zip(exs, variants, strict=True):
+        user, answer = v.messages[1]["content"], json.loads(v.messages[2]["content"])
+        assert v.messages[0] == ex.messages[0]  # the instructions are never changed
+        assert answer["api"] == "/v1/charges"  # a constant of the answers stays
+        amount = int(user.split()[1])
+        assert answer["amount_cents"] == amount * 100
+        cur = user.split()[2]
+        assert answer["currency"] == cur.lower() and cur.isupper() and len(cur) == 3
+        assert answer["customer"] in user and answer["customer"].startswith("cus_")
+        assert answer["name"] in user and answer["name"] != json.loads(
+            ex.messages[2]["content"])["name"]
+        assert list(answer) == list(json.loads(ex.messages[2]["content"]))  # keys kept
+    # deterministic for a seed
+    assert [v.messages for v in resample_values(exs, seed=5)[0]] == [
+        v.messages for v in variants]
+
+
+def test_tool_calls_constants_and_computed_copies():
+    tools = [{"name": "set_timer", "description": "Start a timer", "parameters": {
+        "type": "object", "properties": {"seconds": {"type": "integer"}}}}]
+    exs = [_ex(f"Set a timer for {m} minutes.", {"name": "set_timer", "arguments": {
+        "seconds": m * 60}}, line=m, tools=tools) for m in range(3, 23)]
+    variants, rep = resample_values(exs, seed=0, copies=1, computed_copies=3)
+    assert rep.computed == 20 and len(variants) == 60  # a conversion: three variants each
+    for v in variants:
+        m = int(v.messages[0]["content"].split()[4])
+        call = v.messages[1]["tool_calls"][0]
+        assert call["name"] == "set_timer" and call["arguments"] == {"seconds": m * 60}
+    # no value handed over (a label), or a value in every answer without the prompt: nothing
+    labels = [_ex(f"Ticket {i}: my card was charged twice", "billing") for i in range(20)]
+    assert resample_values(labels, 0)[1].with_values == 0
+    consts = [_ex(f"Status of Order {i}?", "Order status: shipped") for i in range(20)]
+    assert resample_values(consts, 0)[1].with_values == 0
+
+
+def test_new_values_keep_their_shape():
+    rng = random.Random(0)
+    for _ in range(50):
+        w = new_word("cus_A1b2", rng, set())
+        assert w.startswith("cus_") and len(w) == 8 and w != "cus_A1b2"
+        assert new_word("EUR", rng, set()).isupper()
+        y = int(new_number("2024", rng, []))
+        assert 1950 <= y <= 2080
+        assert 10 <= int(new_number("42", rng, [])) <= 99
+        assert 1 <= int(new_number("17", rng, [], day=True)) <= 28
+        whole, frac = new_number("7.50", rng, []).split(".")
+        assert len(frac) == 2
