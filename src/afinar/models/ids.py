@@ -2,7 +2,8 @@
 model is, and means the same model.
 
 The spellings: a registry id (`smollm2-135m-instruct`), its Bedrock form
-(`huggingfacetb.smollm2-135m-instruct`, what ListFoundationModels shows), an alias from
+(`huggingfacetb.smollm2-135m-instruct`, what ListFoundationModels shows), its hub id
+(`HuggingFaceTB/SmolLM2-135M-Instruct`, answered from the local copy), an alias from
 `[model_aliases]` and its Bedrock form where the alias is not already `provider.model`
 (`tiny` -> `afinar.tiny`), a foundation-model ARN of any of those, a custom model's name, its
 custom-model ARN, its OpenAI `ft:` id. `canonical` turns each into the id the registry
@@ -87,9 +88,9 @@ def canonical(ident: str, settings: Settings) -> str:
         s = s.rsplit(":foundation-model/", 1)[1]
     if s in BUILTIN_MODELS or s in settings.model_aliases:
         return s
-    for rid in BUILTIN_MODELS:
-        if s == builtin_bedrock_id(rid):
-            return rid
+    for rid, e in BUILTIN_MODELS.items():
+        if s == builtin_bedrock_id(rid) or s.lower() == e.hub_id.lower():
+            return rid  # its Bedrock form, or its hub id (served from the local copy)
     if s.startswith(f"{LOCAL_PROVIDER}."):
         for alias in settings.model_aliases:
             if bedrock_model_id(alias) == s:

@@ -106,6 +106,26 @@ def run_script(entry_point: str, settings: Settings, *, source_dir: str | None =
     return execute_script(spec, settings, stream=stream)
 
 
+# hyperparameters that scripts pass to from_pretrained(): a model afinar lists (a registry id,
+# its hub id, an alias, a custom model) becomes its local folder, so a script written for the
+# hub runs offline on the same model
+MODEL_HYPERPARAMETERS = ("model_name", "model_id", "model_name_or_path", "base_model",
+                         "pretrained_model_name_or_path")
+
+
+def _local_model(value, settings: Settings):
+    from afinar.models.ids import canonical
+    from afinar.models.registry import BUILTIN_MODELS, custom_model_record, resolve_model
+
+    if not isinstance(value, str) or not value or Path(value).expanduser().exists():
+        return value
+    ident = canonical(value, settings)
+    if ident in BUILTIN_MODELS or ident in settings.model_aliases or \
+            custom_model_record(settings, ident) is not None:
+        return resolve_model(ident, settings).path
+    return value
+
+
 def prepare_script(entry_point: str, settings: Settings, *, source_dir: str | None = None,
                    hyperparameters: dict | None = None, inputs: dict[str, str] | None = None,
                    name: str | None = None, output_dir: str | None = None) -> dict:
@@ -117,7 +137,8 @@ def prepare_script(entry_point: str, settings: Settings, *, source_dir: str | No
     if not script.is_file():
         raise ConfigError(f"training script {script} does not exist",
                           hint="--script is relative to --source-dir when that is given")
-    hps = dict(hyperparameters or {})
+    hps = {k: _local_model(v, settings) if k in MODEL_HYPERPARAMETERS else v
+           for k, v in (hyperparameters or {}).items()}
     name = name or f"{script.stem}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     from afinar.models.registry import custom_model_record
     if custom_model_record(settings, name) is not None:
