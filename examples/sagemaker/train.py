@@ -11,8 +11,13 @@ import json
 import os
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments,
-                          default_data_collator)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+)
 
 p = argparse.ArgumentParser()
 p.add_argument("--epochs", type=float, default=1)
