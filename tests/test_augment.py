@@ -55,6 +55,7 @@ def test_variants_replace_values_everywhere_with_their_relation():
     variants, rep = resample_values(exs, seed=5)
     assert rep.with_values == 40 and len(variants) == 40
     assert rep.numbers["number:scalex100"] == 40 and rep.words["word:lower"] == 40
+    assert rep.computed == 0  # euros -> cents shifts the decimal point: not arithmetic
     for ex, v in zip(exs, variants, strict=True):
         user, answer = v.messages[1]["content"], json.loads(v.messages[2]["content"])
         assert v.messages[0] == ex.messages[0]  # the instructions are never changed

@@ -34,6 +34,28 @@ def _cli(home, *args, check=True):
     return r
 
 
+def _cli_here(home, *args):
+    """The CLI in this process (no interpreter start per call): exit code 0 or the error."""
+    import contextlib
+    import io
+
+    from afinar.cli.main import main
+
+    old = os.environ.get("AFINAR_HOME")
+    os.environ["AFINAR_HOME"] = str(home)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(list(args))
+    finally:
+        if old is None:
+            os.environ.pop("AFINAR_HOME")
+        else:
+            os.environ["AFINAR_HOME"] = old
+    if rc != 0:
+        raise AssertionError(f"afinar {' '.join(args)}: {err.getvalue()[-2000:]}")
+
+
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, tiny_model_dir):
     from afinar.models.registry import BUILTIN_MODELS
@@ -185,8 +207,8 @@ def test_every_listed_id_works_with_every_api(srv):
             model=m, messages=[{"role": "user", "content": "hi"}], max_tokens=2),
         "fine_tuning.jobs": lambda m: oa.fine_tuning.jobs.cancel(oa.fine_tuning.jobs.create(
             model=m, training_file=srv.file_id).id),
-        "afinar generate": lambda m: _cli(srv.home, "generate", "--model", m,
-                                          "--max-new-tokens", "2", "hi"),
+        "afinar generate": lambda m: _cli_here(srv.home, "generate", "--model", m,
+                                               "--max-new-tokens", "2", "hi"),
     }
     embedding_apis = {  # the embedding model; a generative one is refused by its kind
         "embeddings": lambda m: oa.embeddings.create(model=m, input="hi"),

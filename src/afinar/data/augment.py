@@ -459,11 +459,16 @@ def _separators(text: str) -> tuple[str, str]:
     return (",", ":") if compact else (", ", ": ")
 
 
+DECIMAL_SCALES = (1, 10, 100, 1000)  # a shift of the decimal point: written, not computed
+
+
 def computed(slots: list[Slot]) -> bool:
-    """Whether an answer computes a value from the prompt (a unit conversion, a sum) rather
-    than copying it: harder to learn, so such examples get more variants."""
+    """Whether an answer computes a value from the prompt (minutes -> seconds, a sum) rather
+    than copying it or shifting its decimal point (euros -> cents): arithmetic is harder to
+    learn, so such examples get more variants."""
     return any(s.kind == "number" and (s.relations[0][0] == "sum" or (
-        s.relations[0][0] == "scale" and s.relations[0][1] != 1)) for s in slots)
+        s.relations[0][0] == "scale" and s.relations[0][1] not in DECIMAL_SCALES))
+        for s in slots)
 
 
 def resample_values(examples: list[Example], seed: int, copies: int = 1,

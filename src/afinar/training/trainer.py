@@ -239,7 +239,9 @@ DEFAULT_MAX_LENGTH = 512
 AUTO_VARIANTS_SHARE = 0.2
 # an answer that computes a value from the prompt (a conversion, a sum) gets this many times
 # the variants of one that copies: measured on the suite's chat_memory and tool_call
-COMPUTED_FACTOR = 3
+COMPUTED_FACTOR = 8
+# the variants' tokens at most this many times the training examples' tokens
+VARIANT_BUDGET = 4
 
 
 def _lengths(data) -> list[int]:
@@ -383,19 +385,29 @@ class Trainer:
                 f"{rep.with_values} of {rep.examples} examples hand values from the prompt to "
                 f"the answer (fewer than {AUTO_VARIANTS_SHARE:.0%}): no variants")}
             return
+        # the variants' tokens are held to VARIANT_BUDGET x the examples' (later rounds of the
+        # computed examples' variants go first): a run costs at most that much more
+        budget, spent, added = VARIANT_BUDGET * sum(len(e) for e in self.train.encoded), 0, 0
+        for v in variants:
+            enc, how = fit(encode_example(self.tokenizer, v, 10**9), self.cfg.max_length)
+            if enc is None:
+                continue
+            if spent + len(enc) > budget:
+                break
+            spent += len(enc)
+            self.train.encoded.append(enc)
+            self.train.examples.append(v)
+            added += 1
+        rep.variants = added
+        self.augment = rep.to_dict()
         if n == "auto":
             self.cfg = cfg.model_copy(update={"value_variants": 1})
             self.data_auto["value_variants"] = {"value": 1, "reason": rep.describe() + (
-                f" ({COMPUTED_FACTOR} each for those)" if rep.computed else "")}
-        added = 0
-        for v in variants:
-            enc, how = fit(encode_example(self.tokenizer, v, 10**9), self.cfg.max_length)
-            if enc is not None:
-                self.train.encoded.append(enc)
-                self.train.examples.append(v)
-                added += 1
+                f" (up to {COMPUTED_FACTOR} for those)" if rep.computed else "")}
         self.progress(ProgressEvent("data", 0, None, message=f"value re-sampling: "
-                                    f"{rep.describe()}"))
+                                    f"{rep.describe()}" + (
+                                        f" (held to {VARIANT_BUDGET}x the examples' tokens)"
+                                        if added < len(variants) else "")))
         if self.valid is not None and len(self.valid.examples) == len(self.valid.encoded):
             # what validation's exact match asks: held-out examples with values never seen
             vv, _ = resample_values(self.valid.examples, cfg.seed + 1, 1, 1)
