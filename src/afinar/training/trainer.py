@@ -235,13 +235,6 @@ def _fully_shard(root: torch.nn.Module, model: torch.nn.Module) -> None:
 
 
 DEFAULT_MAX_LENGTH = 512
-# value_variants auto: variants only when at least this share of the examples hand values
-AUTO_VARIANTS_SHARE = 0.2
-# an answer that computes a value from the prompt (a conversion, a sum) gets this many times
-# the variants of one that copies: measured on the suite's chat_memory and tool_call
-COMPUTED_FACTOR = 8
-# the variants' tokens at most this many times the training examples' tokens
-VARIANT_BUDGET = 4
 
 
 def _lengths(data) -> list[int]:
@@ -363,58 +356,17 @@ class Trainer:
             self.cfg = self.cfg.model_copy(update={"value_variants": 0})
 
     def _resample_values(self) -> None:
-        """sft/distill: variants of the training examples whose prompts hand values to their
-        answers, with new values (data/augment.py); value_variants auto: 1 each (3 where the
-        answer computes a value) when a fifth of the examples hand values."""
-        from afinar.data.augment import resample_values
-        from afinar.data.length import fit
-        from afinar.data.tokenize import encode_example
+        """sft/distill: value variants of the training examples (training/variants.py)."""
+        from afinar.training.variants import add_variants
 
-        cfg, exs = self.cfg, self.train.examples
-        n = cfg.value_variants
-        if n == 0 or not exs or None in exs:
-            self.cfg = cfg.model_copy(update={"value_variants": 0})
-            return
-        copies = 1 if n == "auto" else n
-        computed = COMPUTED_FACTOR * copies
-        variants, rep = resample_values(exs, cfg.seed, copies, computed)
-        self.augment = rep.to_dict()
-        if n == "auto" and rep.share < AUTO_VARIANTS_SHARE:
-            self.cfg = cfg.model_copy(update={"value_variants": 0})
-            self.data_auto["value_variants"] = {"value": 0, "reason": (
-                f"{rep.with_values} of {rep.examples} examples hand values from the prompt to "
-                f"the answer (fewer than {AUTO_VARIANTS_SHARE:.0%}): no variants")}
-            return
-        # the variants' tokens are held to VARIANT_BUDGET x the examples' (later rounds of the
-        # computed examples' variants go first): a run costs at most that much more
-        budget, spent, added = VARIANT_BUDGET * sum(len(e) for e in self.train.encoded), 0, 0
-        for v in variants:
-            enc, how = fit(encode_example(self.tokenizer, v, 10**9), self.cfg.max_length)
-            if enc is None:
-                continue
-            if spent + len(enc) > budget:
-                break
-            spent += len(enc)
-            self.train.encoded.append(enc)
-            self.train.examples.append(v)
-            added += 1
-        rep.variants = added
-        self.augment = rep.to_dict()
-        if n == "auto":
-            self.cfg = cfg.model_copy(update={"value_variants": 1})
-            self.data_auto["value_variants"] = {"value": 1, "reason": rep.describe() + (
-                f" (up to {COMPUTED_FACTOR} for those)" if rep.computed else "")}
-        self.progress(ProgressEvent("data", 0, None, message=f"value re-sampling: "
-                                    f"{rep.describe()}" + (
-                                        f" (held to {VARIANT_BUDGET}x the examples' tokens)"
-                                        if added < len(variants) else "")))
-        if self.valid is not None and len(self.valid.examples) == len(self.valid.encoded):
-            # what validation's exact match asks: held-out examples with values never seen
-            vv, _ = resample_values(self.valid.examples, cfg.seed + 1, 1, 1)
-            for v in vv[:GEN_SAMPLE]:
-                enc, _how = fit(encode_example(self.tokenizer, v, 10**9), self.cfg.max_length)
-                if enc is not None:
-                    self.variant_sample.append(enc)
+        got = add_variants(self.train, self.valid, self.tokenizer, self.cfg.value_variants,
+                           self.cfg.seed, self.cfg.max_length, GEN_SAMPLE)
+        self.cfg = self.cfg.model_copy(update={"value_variants": got.value})
+        self.augment, self.variant_sample = got.report, got.sample
+        if got.reason:
+            self.data_auto["value_variants"] = {"value": got.value, "reason": got.reason}
+        if got.message:
+            self.progress(ProgressEvent("data", 0, None, message=got.message))
 
     def _fit_lengths(self) -> None:
         """sft/distill: the examples were tokenized whole; max_length auto is chosen from
