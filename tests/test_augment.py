@@ -103,3 +103,30 @@ def test_new_values_keep_their_shape():
         assert 1 <= int(new_number("17", rng, [], day=True)) <= 28
         whole, frac = new_number("7.50", rng, []).split(".")
         assert len(frac) == 2
+
+
+def test_closed_sets_stay_and_variants_keep_their_tool_schemas():
+    """A value from an enum of the tool schemas (a closed set: currencies here) is never
+    re-sampled; every variant's calls satisfy their schemas."""
+    from afinar.data.chat import check_arguments
+
+    tool = {"name": "pay", "description": "Charge", "parameters": {
+        "type": "object", "properties": {
+            "customer": {"type": "string", "pattern": "^cus_"},
+            "amount": {"type": "integer", "maximum": 100000},
+            "currency": {"enum": ["usd", "eur", "gbp"]}},
+        "required": ["customer", "amount", "currency"]}}
+    rng = random.Random(3)
+    exs = []
+    for i in range(30):
+        cur, amt, cus = rng.choice(["USD", "EUR", "GBP"]), rng.randint(5, 99), f"cus_{i}x{i}"
+        exs.append(_ex(f"Charge {amt} {cur} to {cus}", {"name": "pay", "arguments": {
+            "customer": cus, "amount": amt * 100, "currency": cur.lower()}}, line=i,
+            tools=[tool]))
+    variants, rep = resample_values(exs, seed=2)
+    assert "word:lower" not in rep.words and rep.words["word:copy"] == 30
+    assert len(variants) == 30
+    for v in variants:
+        call = v.messages[1]["tool_calls"][0]
+        assert call["arguments"]["currency"] in ("usd", "eur", "gbp")
+        assert check_arguments(call["arguments"], tool) is None

@@ -13,9 +13,10 @@ What counts as a value, found from the data alone (no task knowledge):
 - a number of the prompt that appears in the answer as it is, zero-padded, scaled by 10, 100,
   1000, 60 or 3600 (units and cents), or as the sum of two numbers of the prompt — each relation
   kept only where it holds in enough of the data set to be a rule, not a coincidence.
-A value that appears in answers without being in their prompts (a constant of the answer format)
-or in most prompts (the instructions) is never changed. JSON keys and tool names are never
-changed: only JSON leaves and plain text.
+A value that appears in answers without being in their prompts (a constant of the answer format),
+in most prompts (the instructions) or in an `enum` of the tool schemas (a closed set) is never
+changed. JSON keys and tool names are never changed: only JSON leaves and plain text; a variant
+whose tool calls no longer satisfy their schemas is not used.
 
 A variant replaces each value everywhere in the prompt and the answer, with the same
 relation: a pseudo-word of the same shape for a word (an id keeps its prefix: `cus_123` ->
@@ -237,10 +238,11 @@ def _plan(examples: list[Example]) -> tuple[list[list[Slot]], AugmentReport]:
             if isinstance(x, str):
                 aw |= _words_in(x)
         answer_only.update(w for w in aw if w not in pw)
-    tool_words = set()
+    tool_words, closed = set(), set()  # names in the tool schemas; their enums' members
     for ex in examples:
         if ex.tools:
             tool_words |= _words_in(json.dumps(ex.tools))
+            closed |= {str(v) for v in _enums(ex.tools)}
     with_numbers = sum(1 for ex in examples if any(
         _nums_in(t) for t in _prompt_texts(ex))) or 1
     rule_count: Counter = Counter()
@@ -255,8 +257,9 @@ def _plan(examples: list[Example]) -> tuple[list[list[Slot]], AugmentReport]:
         for s in slots:
             if s.kind == "word":
                 if (prompt_count[s.value] > MAX_PROMPT_SHARE * n or s.value in tool_words
-                        or answer_only[s.value] >= both[s.value]):
-                    continue
+                        or answer_only[s.value] >= both[s.value]
+                        or {s.value, s.value.lower(), s.value.upper()} & closed):
+                    continue  # instructions, constants, a closed set's member (an enum)
                 kept.append(s)
                 report.words[_rule_key(s, s.relations[0])] += 1
             else:
@@ -269,6 +272,20 @@ def _plan(examples: list[Example]) -> tuple[list[list[Slot]], AugmentReport]:
         kept_all.append(kept)
         report.with_values += bool(kept)
     return kept_all, report
+
+
+def _enums(obj) -> list:
+    """The members of every `enum` in a JSON schema (tool parameters)."""
+    out: list = []
+    if isinstance(obj, dict):
+        if isinstance(obj.get("enum"), list):
+            out += obj["enum"]
+        for v in obj.values():
+            out += _enums(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            out += _enums(v)
+    return out
 
 
 # -- new values ---------------------------------------------------------------------------------
@@ -446,7 +463,16 @@ def variant(ex: Example, slots: list[Slot], rng: random.Random) -> Example | Non
             for c in m.get("tool_calls") or []:
                 c["arguments"] = _map_leaves(c["arguments"], leaf)
     out.raw = {}
-    return out
+    return out if _calls_valid(out) else None
+
+
+def _calls_valid(ex: Example) -> bool:
+    """A variant must still be valid data: its tool calls satisfy their tools' schemas."""
+    from afinar.data.chat import check_arguments
+
+    tools = {t["name"]: t for t in ex.tools or []}
+    return all(c["name"] not in tools or check_arguments(c["arguments"], tools[c["name"]]) is None
+               for m in ex.messages or [] for c in m.get("tool_calls") or [])
 
 
 def _num_text(x: float) -> str:
