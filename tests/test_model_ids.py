@@ -203,6 +203,7 @@ def test_every_listed_id_works_with_every_api(srv):
                 "type": "KNOWLEDGE_BASE", "knowledgeBaseConfiguration": {
                     "knowledgeBaseId": kb, "modelArn": m, "generationConfiguration": {
                         "inferenceConfig": {"textInferenceConfig": {"maxTokens": 2}}}}}),
+        "models.retrieve": lambda m: oa.models.retrieve(m),
         "chat.completions": lambda m: oa.chat.completions.create(
             model=m, messages=[{"role": "user", "content": "hi"}], max_tokens=2),
         "fine_tuning.jobs": lambda m: oa.fine_tuning.jobs.cancel(oa.fine_tuning.jobs.create(

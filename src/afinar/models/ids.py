@@ -110,14 +110,15 @@ def kind_of(ident: str, settings: Settings) -> str | None:
     s = canonical(ident, settings)
     while s in settings.model_aliases and s not in seen:
         seen.add(s)
-        s = settings.model_aliases[s]
+        s = canonical(settings.model_aliases[s], settings)
     if s in BUILTIN_MODELS:
         return "encoder" if BUILTIN_MODELS[s].kind == "encoder" else "generative"
     rec = custom_model_record(settings, s)
     if rec is not None:
         return "classifier" if rec.get("type") == "classify" else "generative"
-    if seen:  # an alias of a folder: its config says what it is
-        return _folder_kind(Path(s).expanduser())
+    if seen:  # an alias: a folder's config says what it is; else a generative model (what
+        # aliases map: cloud model ids to local models)
+        return _folder_kind(Path(s).expanduser()) or "generative"
     return None
 
 

@@ -154,7 +154,8 @@ def create_app(settings: Settings, start_scheduler: bool = True) -> FastAPI:
     knowledge = KnowledgeService(settings, get_engine, service)
     app.state.knowledge = knowledge
     app.include_router(openai_routes.router(get_engine, service.serving_models, get_embedder,
-                                            service.embedding_id, service.invocation_log))
+                                            service.embedding_id, service.invocation_log,
+                                            service.model_kind))
     app.include_router(openai_ft_routes.router(service.fine_tuning))
     app.include_router(evaluations.router(service))
     app.include_router(catalog_routes.router(settings, service, knowledge))

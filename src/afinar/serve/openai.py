@@ -269,10 +269,11 @@ def _call_chunks(chunk, index: int, call: dict):
         "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}]})
 
 
-def router(get_engine, list_models, get_embedder, embedding_id, invocation_log=None
-           ) -> APIRouter:
+def router(get_engine, list_models, get_embedder, embedding_id, invocation_log=None,
+           model_kind=lambda _m: None) -> APIRouter:
     """`embedding_id`: an embeddings request's model -> the served embedding model, or
-    NotFound / InvalidRequest (a model of another kind)."""
+    NotFound / InvalidRequest (a model of another kind); `model_kind`: any id afinar lists ->
+    its kind (None: not a model afinar knows)."""
     r = APIRouter(prefix="/v1")
 
     def record(chat: bool, body: dict, reqs: list[GenRequest], out: dict) -> None:
@@ -293,7 +294,8 @@ def router(get_engine, list_models, get_embedder, embedding_id, invocation_log=N
 
     @r.get("/models/{model_id:path}")
     async def model(model_id: str):
-        if model_id in await run_in_threadpool(list_models) or model_id in EMBEDDING_NAMES:
+        if model_id in await run_in_threadpool(list_models) or model_id in EMBEDDING_NAMES or \
+                await run_in_threadpool(model_kind, model_id) is not None:
             return _model_obj(model_id)
         return _error(404, f"the model '{model_id}' does not exist", code="model_not_found",
                       param="model")
