@@ -24,3 +24,43 @@ def test_default_model_lora_steps(tmp_path, settings, default_model_dir):
     assert res.status == "completed" and res.steps == 5
     assert res.train_loss < res.first_loss
     assert (res.output_dir / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_value_variants_teach_the_default_model_to_copy_unseen_values(tmp_path, settings,
+                                                                      default_model_dir):
+    """Trained on four cities, the default model copies a new city worse (" Bilbao", with the
+    prompt's leading space, or a training city) than when the same steps include variants with
+    re-sampled cities: the behaviour value_variants exists for (benchmarks/README.md)."""
+    import json
+    import random
+
+    from afinar.eval.metrics import exact_match
+    from afinar.inference.engine import Engine
+    from afinar.inference.requests import GenRequest
+
+    rng = random.Random(0)
+    seen = ["Lyon", "Porto", "Graz", "Ghent"]
+    rows = [{"prompt": f"Ship {n} boxes to {c}.", "completion": json.dumps({"city": c,
+                                                                           "boxes": n})}
+            for c, n in ((seen[i % 4], rng.randint(2, 9)) for i in range(64))]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    new = ["Cork", "Brno", "Bilbao", "Utrecht", "Krakow", "Leipzig", "Oslo", "Lima"]
+    right = {}
+    for variants in (0, 1):
+        name = f"copy-{variants}"
+        train(parse_train_config({
+            "train_data": str(tmp_path / "train.jsonl"), "name": name, "max_steps": 24,
+            "epochs": 10, "learning_rate": 2e-3, "output_dir": str(tmp_path / name),
+            "checkpoint_every": 0, "validation_split": 0, "value_variants": variants,
+            "threads": 2}), settings)
+        e = Engine(settings)
+        try:
+            reqs = [e.submit(GenRequest(model=name, max_tokens=16, messages=[
+                {"role": "user", "content": f"Ship 3 boxes to {c}."}])) for c in new]
+            outs = [r.result(600).text.strip() for r in reqs]
+        finally:
+            e.close()
+        right[variants] = sum(exact_match(o, json.dumps({"city": c, "boxes": 3}))
+                              for c, o in zip(new, outs, strict=True))
+    assert right[1] >= 5 and right[1] > right[0], right
