@@ -374,10 +374,19 @@ def test_structured_answers_are_scored_by_generation_during_validation(tmp_path,
     assert first == 0.0 and kept >= 0.75 and kept == max(seen), (res.validation, seen)
     tr.model.eval()
     assert tr._sample_exact_match() == kept  # the weights in the model are the kept ones
-    # plain-text answers: no generation during validation
+    # short plain answers (labels, names) are scored the same way ...
     tr2 = Trainer(_cfg(tmp_path / "plain", tiny_model_dir, rows=120,
                        output_dir=str(tmp_path / "plain" / "run")), settings).prepare()
-    assert tr2.gen_sample == [] and "validation_exact_match" not in tr2.validate()
+    assert len(tr2.gen_sample) == 12 and "validation_exact_match" in tr2.validate()
+    # ... long free-text answers are not: no generation during validation
+    long_rows = [{"prompt": f"Tell me about {t}.",
+                  "completion": " ".join([t, c] * 80)}
+                 for t, c in zip(THINGS * 30, COLORS * 30, strict=True)]
+    tr3 = Trainer(parse_train_config({
+        "train_data": str(write_jsonl(tmp_path / "long.jsonl", long_rows)),
+        "base_model": str(tiny_model_dir), "output_dir": str(tmp_path / "long" / "run"),
+        "name": "long-run", "epochs": 1, "checkpoint_every": 0}), settings).prepare()
+    assert tr3.gen_sample == [] and "validation_exact_match" not in tr3.validate()
 
 
 def test_auto_hyperparameters_follow_the_data_and_model(tmp_path):
