@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run the test suite. Extra arguments go to pytest.
-# AFINAR_TEST_FAST=1 skips the `slow` and `distributed` tiers.
+# AFINAR_TEST_FAST=1 skips the `slow` and `distributed` tiers; the `extended` tier (minutes-long
+# checks of what cheaper tests cover too) runs only with AFINAR_TEST_ALL=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
@@ -14,8 +15,9 @@ AFINAR_HOME="$AFINAR_TEST_CACHE/home" AFINAR_CACHE_DIR="$AFINAR_TEST_CACHE" \
 if [ -z "${AFINAR_TEST_VLLM_COMMAND:-}" ] && [ -x .vllm-venv/bin/python ]; then
   export AFINAR_TEST_VLLM_COMMAND="$PWD/.vllm-venv/bin/python -m vllm.entrypoints.openai.api_server"
 fi
-MARK=()
-if [ "${AFINAR_TEST_FAST:-0}" = "1" ]; then MARK=(-m "not slow and not distributed"); fi
+MARK=(-m "not extended")
+if [ "${AFINAR_TEST_FAST:-0}" = "1" ]; then MARK=(-m "not slow and not distributed and not extended"); fi
+if [ "${AFINAR_TEST_ALL:-0}" = "1" ]; then MARK=(); fi
 "$VPY" -m pytest "${MARK[@]}" "$@"
 rc=$?
 if [ $rc -eq 5 ]; then

