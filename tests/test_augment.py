@@ -105,6 +105,23 @@ def test_new_values_keep_their_shape():
         assert len(frac) == 2
 
 
+def test_half_the_new_names_are_one_token_words_of_the_model(tokenizer):
+    """A name the tokenizer holds whole (" Leipzig") is spelt in pieces in an answer ('"Le',
+    'ipzig'); pseudo-words never teach that, so half the new names are such words."""
+    from afinar.data.augment import vocabulary_words
+
+    words = vocabulary_words(tokenizer)
+    assert "Leipzig" in words and len(words) > 1000
+    assert all(len(tokenizer.tokenize(" " + w)) == 1 for w in words[::500])
+    rows = [_ex(f"Ship to {c}, please.", {"city": c}, line=i + 1)
+            for i, c in enumerate(["Lyon", "Porto", "Graz", "Ghent"] * 10)]
+    out, _ = resample_values(rows, seed=3, words=words)
+    cities = [json.loads(v.messages[-1]["content"])["city"] for v in out]
+    known = sum(c in set(words) for c in cities)
+    assert len(cities) == 40 and 8 <= known <= 32, (known, cities)
+    assert all(f"to {c}," in v.messages[0]["content"] for v, c in zip(out, cities, strict=True))
+
+
 def test_closed_sets_stay_and_variants_keep_their_tool_schemas():
     """A value from an enum of the tool schemas (a closed set: currencies here) is never
     re-sampled; every variant's calls satisfy their schemas."""

@@ -297,9 +297,16 @@ def _pseudo_word(n: int, rng: random.Random) -> str:
     return out[:n]
 
 
-def new_word(word: str, rng: random.Random, taken: set[str]) -> str:
+VOCAB_SHARE = 0.5  # of new names: a word of the model's vocabulary, the rest pseudo-words
+
+
+def new_word(word: str, rng: random.Random, taken: set[str],
+             vocab: dict[int, list[str]] | None = None) -> str:
     """A new value of the same shape: an id keeps its prefix and character classes, a name
-    becomes a pronounceable pseudo-word of about the same length."""
+    becomes a pronounceable pseudo-word of about the same length or, half the time where
+    `vocab` is given (capitalised words by length), a word the tokenizer holds as one token
+    after a space (" Leipzig"): copied into an answer, such a word is spelt in other pieces
+    ('"Le', 'ipzig'), which pseudo-words alone never teach (measured: benchmarks/README.md)."""
     for _ in range(20):
         if "@" in word:
             user, _, host = word.partition("@")
@@ -312,7 +319,12 @@ def new_word(word: str, rng: random.Random, taken: set[str]) -> str:
         elif word.isupper():
             w = "".join(rng.choice("ABCDEFGHIJKLMNOPRSTUVWXYZ") for _ in word)
         else:
-            w = _pseudo_word(max(3, len(word) + rng.randint(-1, 2)), rng).capitalize()
+            near = [w for n in range(len(word) - 2, len(word) + 3) for w in (vocab or {})
+                    .get(n, ())]
+            if near and word[:1].isupper() and rng.random() < VOCAB_SHARE:
+                w = rng.choice(near)
+            else:
+                w = _pseudo_word(max(3, len(word) + rng.randint(-1, 2)), rng).capitalize()
             if word[1:].isupper():
                 w = w.upper()
         if w != word and w not in taken:
@@ -393,7 +405,8 @@ def _map_leaves(obj, fn):
     return fn(obj)
 
 
-def variant(ex: Example, slots: list[Slot], rng: random.Random) -> Example | None:
+def variant(ex: Example, slots: list[Slot], rng: random.Random,
+            vocab: dict[int, list[str]] | None = None) -> Example | None:
     """A copy of `ex` with every slot's value replaced (None when a replacement would be
     ambiguous)."""
     prompt_words: dict[str, str] = {}
@@ -405,7 +418,7 @@ def variant(ex: Example, slots: list[Slot], rng: random.Random) -> Example | Non
     new_vals: dict[str, str] = {}
     for s in slots:
         if s.kind == "word":
-            w = new_word(s.value, rng, taken)
+            w = new_word(s.value, rng, taken, vocab)
             taken.add(w)
             prompt_words[s.value] = w
             rel = s.relations[0][0]
@@ -498,12 +511,16 @@ def computed(slots: list[Slot]) -> bool:
 
 
 def resample_values(examples: list[Example], seed: int, copies: int = 1,
-                    computed_copies: int | None = None
+                    computed_copies: int | None = None, words: list[str] | None = None
                     ) -> tuple[list[Example], AugmentReport]:
     """`copies` variants of every example that hands values from its prompt to its answer
     (`computed_copies` of one that computes a value from them; default the same),
-    deterministic for a seed, and what was found."""
+    deterministic for a seed, and what was found. `words`: capitalised words to draw half of
+    the new names from (the model's one-token words: vocabulary_words)."""
     slots, report = _plan(examples)
+    vocab: dict[int, list[str]] = {}
+    for w in sorted(set(words or ())):
+        vocab.setdefault(len(w), []).append(w)
     rng = random.Random(seed * 1_000_003 + 17)
     out = []
     most = max(copies, computed_copies or copies)
@@ -511,9 +528,17 @@ def resample_values(examples: list[Example], seed: int, copies: int = 1,
         for ex, s in zip(examples, slots, strict=True):
             if not s or k >= (computed_copies or copies if computed(s) else copies):
                 continue
-            v = variant(ex, s, rng)
+            v = variant(ex, s, rng, vocab)
             if v is not None:
                 out.append(v)
     report.variants = len(out)
     report.computed = sum(1 for s in slots if s and computed(s))
     return out, report
+
+
+def vocabulary_words(tokenizer, limit: int = 12) -> list[str]:
+    """Capitalised words (4 to `limit` letters) that the tokenizer holds as one token after a
+    space: the names a prompt carries whole and an answer must spell in pieces."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    pat = re.compile(rf" [A-Z][a-z]{{3,{limit - 1}}}")
+    return sorted({t[1:] for t in texts if pat.fullmatch(t)})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from afinar.data.augment import resample_values
+from afinar.data.augment import resample_values, vocabulary_words
 from afinar.data.length import fit
 from afinar.data.tokenize import Encoded, encode_example
 
@@ -38,7 +38,8 @@ def add_variants(train, valid, tokenizer, setting, seed: int, max_length: int,
     if setting == 0 or not exs or None in exs:
         return Variants(0, None)
     copies = 1 if setting == "auto" else setting
-    variants, rep = resample_values(exs, seed, copies, COMPUTED_FACTOR * copies)
+    words = vocabulary_words(tokenizer)
+    variants, rep = resample_values(exs, seed, copies, COMPUTED_FACTOR * copies, words)
     if setting == "auto" and rep.share < AUTO_SHARE:
         return Variants(0, f"{rep.with_values} of {rep.examples} examples hand values from the "
                            f"prompt to the answer (fewer than {AUTO_SHARE:.0%}): no variants",
@@ -61,7 +62,7 @@ def add_variants(train, valid, tokenizer, setting, seed: int, max_length: int,
     out = Variants(copies, why if setting == "auto" else None, rep.to_dict())
     if valid is not None and len(valid.examples) == len(valid.encoded) and None not in \
             valid.examples:
-        held, _ = resample_values(valid.examples, seed + 1, 1, 1)
+        held, _ = resample_values(valid.examples, seed + 1, 1, 1, words)
         for v in held[:sample_size]:
             enc, _how = fit(encode_example(tokenizer, v, 10**9), max_length)
             if enc is not None:
