@@ -22,7 +22,41 @@ from servers import ROLE, Server
 
 from conftest import mapping_rows
 
-pytestmark = pytest.mark.slow
+
+def test_every_spelling_names_one_model(tmp_path):
+    """The default run's check of the id table's core (the table itself, ~75 s through every
+    API, is in the extended tier): each spelling afinar lists of a registry model, an alias and
+    a custom model comes back to one id and one kind, and what boto3 sees passes botocore."""
+    from afinar.config import Settings
+    from afinar.models.ids import (BEDROCK_MODEL_ID, bedrock_model_id, canonical,
+                                   custom_model_arn, kind_of)
+    from afinar.models.registry import BUILTIN_MODELS, register_custom_model
+
+    st = Settings(home=tmp_path, model_aliases={"tiny": "smollm2-135m-instruct",
+                                                "anthropic.claude-3-haiku": "tiny"})
+    register_custom_model(st, {"name": "mi-modelo", "base_model": "smollm2-135m-instruct",
+                               "path": str(tmp_path)})
+    arn = custom_model_arn(st, {"name": "mi-modelo", "base_model": "smollm2-135m-instruct"})
+    assert re.fullmatch(r"arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:custom-model/"
+                        r"[a-z0-9-]{1,63}[.][a-z0-9-]{1,63}/[a-z0-9]{12}", arn), arn
+    cases = {"smollm2-135m-instruct": ["huggingfacetb.smollm2-135m-instruct",
+                                       "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                       "arn:aws:bedrock:us-east-1::foundation-model/"
+                                       "huggingfacetb.smollm2-135m-instruct"],
+             "tiny": ["afinar.tiny", "arn:aws:bedrock:us-east-1::foundation-model/afinar.tiny"],
+             "anthropic.claude-3-haiku": [],
+             "mi-modelo": ["afinar.mi-modelo", arn]}
+    for rid, e in BUILTIN_MODELS.items():
+        assert canonical(bedrock_model_id(rid), st) == rid
+        assert canonical(e.hub_id, st) == rid
+        assert BEDROCK_MODEL_ID.fullmatch(bedrock_model_id(rid))
+    for want, spellings in cases.items():
+        assert BEDROCK_MODEL_ID.fullmatch(bedrock_model_id(want)), want
+        for sp in [want, bedrock_model_id(want), *spellings]:
+            assert canonical(sp, st) == want, (sp, canonical(sp, st))
+            assert kind_of(sp, st) == "generative", sp
+    assert kind_of("sentencetransformers.all-minilm-l6-v2", st) == "encoder"
+    assert canonical("nobody.nothing", st) == "nobody.nothing"  # not a spelling afinar made
 
 
 def _cli(home, *args, check=True):
@@ -144,6 +178,9 @@ def _patterns_hold(c) -> list[str]:
 KIND_REFUSAL = re.compile(r"is an? (generative|embedding|classification)", re.I)
 
 
+@pytest.mark.slow
+@pytest.mark.extended  # ~75 s through every API; test_every_spelling_names_one_model covers the
+# spellings in the default run
 def test_every_listed_id_works_with_every_api(srv):
     from openai import OpenAI
 
