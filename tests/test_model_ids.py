@@ -28,8 +28,13 @@ def test_every_spelling_names_one_model(tmp_path):
     API, is in the extended tier): each spelling afinar lists of a registry model, an alias and
     a custom model comes back to one id and one kind, and what boto3 sees passes botocore."""
     from afinar.config import Settings
-    from afinar.models.ids import (BEDROCK_MODEL_ID, bedrock_model_id, canonical,
-                                   custom_model_arn, kind_of)
+    from afinar.models.ids import (
+        BEDROCK_MODEL_ID,
+        bedrock_model_id,
+        canonical,
+        custom_model_arn,
+        kind_of,
+    )
     from afinar.models.registry import BUILTIN_MODELS, register_custom_model
 
     st = Settings(home=tmp_path, model_aliases={"tiny": "smollm2-135m-instruct",
