@@ -187,12 +187,15 @@ def tool_call(n: int, rng: random.Random, held_out: bool) -> list[dict]:
             mins = rng.randint(21, 45) if held_out else rng.randint(1, 20)
             ask, name, args = f"Set a timer for {mins} minutes.", "set_timer", {
                 "seconds": mins * 60}
-        rows.append({"tools": TOOLS, "messages": [
-            {"role": "user", "content": ask},
-            {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
-                                                  "function": {"name": name,
-                                                               "arguments": _j(args)}}]}]})
+        rows.append(_tool_row(TOOLS, ask, name, args))
     return rows
+
+
+def _tool_row(tools: list[dict], ask: str, name: str, args: dict) -> dict:
+    return {"tools": tools, "messages": [
+        {"role": "user", "content": ask},
+        {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": name, "arguments": _j(args)}}]}]}
 
 
 # -- three kinds users bring: long documents, several tools (or none), Spanish only ----------
@@ -341,11 +344,7 @@ def multi_tool(n: int, rng: random.Random, held_out: bool) -> list[dict]:
             what = rng.choice(words)
             ask, name, args = f"Translate '{what}' into {lang}.", "translate", {
                 "text": what, "language": lang}
-        rows.append({"tools": MULTI_TOOLS, "messages": [
-            {"role": "user", "content": ask},
-            {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
-                                                  "function": {"name": name,
-                                                               "arguments": _j(args)}}]}]})
+        rows.append(_tool_row(MULTI_TOOLS, ask, name, args))
     return rows
 
 
