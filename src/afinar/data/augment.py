@@ -306,7 +306,8 @@ def new_word(word: str, rng: random.Random, taken: set[str],
     becomes a pronounceable pseudo-word of about the same length or, half the time where
     `vocab` is given (capitalised words by length), a word the tokenizer holds as one token
     after a space (" Leipzig"): copied into an answer, such a word is spelt in other pieces
-    ('"Le', 'ipzig'), which pseudo-words alone never teach (measured: benchmarks/README.md)."""
+    ('"Le', 'ipzig'), which pseudo-words (always several pieces) never show. Measured on the
+    suite's shipping_api: not enough alone for every such word (benchmarks/README.md)."""
     for _ in range(20):
         if "@" in word:
             user, _, host = word.partition("@")
