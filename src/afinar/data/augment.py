@@ -308,6 +308,7 @@ def new_word(word: str, rng: random.Random, taken: set[str],
     after a space (" Leipzig"): copied into an answer, such a word is spelt in other pieces
     ('"Le', 'ipzig'), which pseudo-words (always several pieces) never show. Measured on the
     suite's shipping_api: not enough alone for every such word (benchmarks/README.md)."""
+    near = [w for n in range(len(word) - 2, len(word) + 3) for w in (vocab or {}).get(n, ())]
     for _ in range(20):
         if "@" in word:
             user, _, host = word.partition("@")
@@ -320,8 +321,6 @@ def new_word(word: str, rng: random.Random, taken: set[str],
         elif word.isupper():
             w = "".join(rng.choice("ABCDEFGHIJKLMNOPRSTUVWXYZ") for _ in word)
         else:
-            near = [w for n in range(len(word) - 2, len(word) + 3) for w in (vocab or {})
-                    .get(n, ())]
             if near and word[:1].isupper() and rng.random() < VOCAB_SHARE:
                 w = rng.choice(near)
             else:
