@@ -297,7 +297,7 @@ def _pseudo_word(n: int, rng: random.Random) -> str:
     return out[:n]
 
 
-VOCAB_SHARE = 0.5  # of new names: a word of the model's vocabulary, the rest pseudo-words
+VOCAB_SHARE = 0.75  # of new names: a word of the model's vocabulary, the rest pseudo-words
 
 
 def new_word(word: str, rng: random.Random, taken: set[str],
@@ -538,7 +538,11 @@ def resample_values(examples: list[Example], seed: int, copies: int = 1,
 
 def vocabulary_words(tokenizer, limit: int = 12) -> list[str]:
     """Capitalised words (4 to `limit` letters) that the tokenizer holds as one token after a
-    space: the names a prompt carries whole and an answer must spell in pieces."""
+    space and splits without it: the names a prompt carries whole (" Leipzig") and an answer
+    must spell in pieces ('"Le', 'ipzig'). A word that is one token either way teaches
+    nothing a pseudo-word would not."""
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     pat = re.compile(rf" [A-Z][a-z]{{3,{limit - 1}}}")
-    return sorted({t[1:] for t in texts if pat.fullmatch(t)})
+    words = sorted({t[1:] for t in texts if pat.fullmatch(t)})
+    pieces = tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+    return [w for w, ids in zip(words, pieces, strict=True) if len(ids) > 1]
