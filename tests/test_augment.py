@@ -124,24 +124,6 @@ def test_most_new_names_are_one_token_words_the_answer_splits(tokenizer):
     assert all(f"to {c}," in v.messages[0]["content"] for v, c in zip(out, cities, strict=True))
 
 
-def test_answer_pieces_split_keep_the_text_and_the_prompt(tokenizer):
-    """split_pieces spells some answer tokens as two shorter pieces: the same text, the same
-    prompt tokens, every answer piece still learned; the same pieces for the same seed."""
-    from afinar.data.tokenize import IGNORE_INDEX, encode_example, split_pieces
-
-    enc = encode_example(tokenizer, _ex("Ship to Brno, Czechia.",
-                                        {"city": "Brno", "country_code": "CZ"}), 10**4)
-    a = split_pieces(tokenizer, enc, random.Random(5), 0.5)
-    b = split_pieces(tokenizer, enc, random.Random(5), 0.5)
-    assert a.input_ids == b.input_ids and len(a) > len(enc)
-    assert tokenizer.decode(a.input_ids) == tokenizer.decode(enc.input_ids)
-    n_prompt = next(i for i, x in enumerate(enc.labels) if x != IGNORE_INDEX)
-    assert a.input_ids[:n_prompt] == enc.input_ids[:n_prompt]
-    assert a.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
-    assert a.labels[n_prompt:] == a.input_ids[n_prompt:]
-    assert split_pieces(tokenizer, enc, random.Random(5), 0.0).input_ids == enc.input_ids
-
-
 def test_closed_sets_stay_and_variants_keep_their_tool_schemas():
     """A value from an enum of the tool schemas (a closed set: currencies here) is never
     re-sampled; every variant's calls satisfy their schemas."""

@@ -76,31 +76,3 @@ def encode_text(tokenizer, text: str, max_length: int, line: int = 0) -> Encoded
     ids = ids[:max_length]
     return Encoded(ids, list(ids), truncated, line)
 
-
-def split_pieces(tokenizer, enc: Encoded, rng, share: float) -> Encoded:
-    """`enc` with about `share` of its answer tokens (of two characters or more) each spelt as
-    two shorter pieces, the same text: "FR" as "F" "R", " Leipzig" as " Le" "ipzig". A model
-    trained only on one-token codes ends a code after one token ("C" for "CZ"); seeing values
-    in other pieces teaches it that a value may go on. Like BPE-dropout (Provilkov et al.,
-    2020), but seeded per example, so a run's data is the same each time (tokenizers' own
-    dropout draws from an unseeded generator)."""
-    special = set(tokenizer.all_special_ids)
-    ids, labels = [], []
-    for t, lab in zip(enc.input_ids, enc.labels, strict=True):
-        if lab == IGNORE_INDEX or t in special or rng.random() >= share:
-            ids.append(t)
-            labels.append(lab)
-            continue
-        text = tokenizer.decode([t])
-        if len(text) < 2 or not text.isprintable():
-            ids.append(t)
-            labels.append(lab)
-            continue
-        k = rng.randint(1, len(text) - 1)
-        parts = [p for s in (text[:k], text[k:])
-                 for p in tokenizer(s, add_special_tokens=False)["input_ids"]]
-        if len(parts) < 2 or tokenizer.decode(parts) != text:
-            parts = [t]
-        ids.extend(parts)
-        labels.extend(parts)
-    return Encoded(ids, labels, enc.truncated, enc.line)
