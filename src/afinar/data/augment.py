@@ -303,8 +303,8 @@ VOCAB_SHARE = 0.75  # of new names: a word of the model's vocabulary, the rest p
 def new_word(word: str, rng: random.Random, taken: set[str],
              vocab: dict[int, list[str]] | None = None) -> str:
     """A new value of the same shape: an id keeps its prefix and character classes, a name
-    becomes a pronounceable pseudo-word of about the same length or, half the time where
-    `vocab` is given (capitalised words by length), a word the tokenizer holds as one token
+    becomes a pronounceable pseudo-word of about the same length or, VOCAB_SHARE of the time
+    where `vocab` is given (capitalised words by length), a word the tokenizer holds as one token
     after a space (" Leipzig"): copied into an answer, such a word is spelt in other pieces
     ('"Le', 'ipzig'), which pseudo-words (always several pieces) never show. Measured on the
     suite's shipping_api: not enough alone for every such word (benchmarks/README.md)."""
@@ -515,8 +515,8 @@ def resample_values(examples: list[Example], seed: int, copies: int = 1,
                     ) -> tuple[list[Example], AugmentReport]:
     """`copies` variants of every example that hands values from its prompt to its answer
     (`computed_copies` of one that computes a value from them; default the same),
-    deterministic for a seed, and what was found. `words`: capitalised words to draw half of
-    the new names from (the model's one-token words: vocabulary_words)."""
+    deterministic for a seed, and what was found. `words`: capitalised words to draw
+    VOCAB_SHARE of the new names from (the model's one-token words: vocabulary_words)."""
     slots, report = _plan(examples)
     vocab: dict[int, list[str]] = {}
     for w in sorted(set(words or ())):
