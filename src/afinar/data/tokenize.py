@@ -75,4 +75,3 @@ def encode_text(tokenizer, text: str, max_length: int, line: int = 0) -> Encoded
     truncated = len(ids) > max_length
     ids = ids[:max_length]
     return Encoded(ids, list(ids), truncated, line)
-
